@@ -1,0 +1,181 @@
+"""quantstudy's command line: one thin command per stage.
+
+Every user-facing failure is a `QuantstudyError` and prints as one line (exit code 2);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+# Never reach for a model hub: everything quantstudy uses ships in packages.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from quantstudy.errors import QuantstudyError
+
+app = typer.Typer(
+    help="Should I serve this model in BF16, FP8, INT8 or INT4? Quantize, evaluate, compare, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QuantstudyError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=err_console, transient=True)
+
+
+def _fmt_db(x: float) -> str:
+    return "exact" if x == float("inf") else f"{x:.1f}"
+
+
+@app.command()
+@one_line_errors
+def schemes() -> None:
+    """List the named quantization presets."""
+    from quantstudy.schemes import PRESETS
+
+    table = Table(title="quantization presets")
+    for col in ("name", "label", "weights", "activations", "skips"):
+        table.add_column(col, no_wrap=True)
+    for s in PRESETS.values():
+        w = s.weights
+        gran = {"group": f"g{w.group_size}", "block": f"block {w.block[0]}x{w.block[1]}" if w.block else ""}.get(
+            w.strategy.value, w.strategy.value)
+        weights = f"{w.type.value}{w.num_bits} {'sym' if w.symmetric else 'asym'} {gran}"
+        a = s.activations
+        acts = "16-bit" if a is None else f"{a.type.value}{a.num_bits} dynamic per {a.strategy.value}" + (
+            f" {a.group_size}" if a.group_size else "")
+        table.add_row(s.name, s.label, weights, acts, ",".join(s.ignore))
+    console.print(table)
+
+
+@app.command()
+@one_line_errors
+def quantize(
+    model: str = typer.Option("smollm2-135m", help="Embedded model name, HF folder (safetensors) or .gguf file."),
+    scheme: str = typer.Option(..., help="Preset name; see `quantstudy schemes`."),
+    out: Path = typer.Option(..., help="Output folder for the compressed-tensors checkpoint (must not exist)."),
+    algo: str = typer.Option("rtn", help="Algorithm choosing the quantized values: rtn."),
+    group_size: Optional[int] = typer.Option(None, help="Override the group size (or square block side). "
+                                             "SmolLM2's width 576 needs 64 or 32 instead of 128."),
+    dtype: str = typer.Option("bfloat16", help="dtype of scales and unquantized tensors: bfloat16, float16, float32."),
+    ignore: Optional[str] = typer.Option(None, help="Comma-separated layers to keep unquantized "
+                                         "(names or re:regex); default: lm_head."),
+    allow_pickle: bool = typer.Option(False, help="Allow loading pickled .bin weights (can run code)."),
+) -> None:
+    """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load."""
+    from quantstudy.quantize.pipeline import quantize_checkpoint
+    from quantstudy.schemes import get_scheme
+
+    chosen = get_scheme(scheme, group_size)
+    if ignore is not None:
+        chosen = chosen.with_ignore(tuple(p.strip() for p in ignore.split(",") if p.strip()))
+    if out.exists() and any(out.iterdir()):
+        raise QuantstudyError(f"{out} exists and is not empty; choose another --out or remove it")
+    with _progress() as progress:
+        task = progress.add_task(f"quantize {chosen.name} ({algo})", total=None, item="loading model")
+        result = quantize_checkpoint(
+            model, chosen, out, algorithm=algo, dtype=dtype, allow_pickle=allow_pickle,
+            on_start=lambda n: progress.update(task, total=n, item=""),
+            on_layer=lambda name: progress.update(task, advance=1, item=name),
+        )
+    info = result.checkpoint
+    console.print(
+        f"[green]wrote[/] {info.path}  {chosen.label} ({chosen.name}, {algo})  "
+        f"{len(info.quantized_layers)} layers  {info.disk_bytes / 2**20:.1f} MiB  "
+        f"SQNR {_fmt_db(result.sqnr_db)} dB (min layer {_fmt_db(result.min_layer_sqnr_db)})  {result.seconds:.1f}s"
+    )
+
+
+@app.command()
+@one_line_errors
+def info(path: Path = typer.Argument(..., help="A compressed-tensors checkpoint folder.")) -> None:
+    """Print what a quantized checkpoint holds: scheme, format, layers, size, recipe."""
+    from quantstudy.quantize.checkpoint import read_checkpoint_info
+
+    ci = read_checkpoint_info(path)
+    s = ci.scheme
+    table = Table(show_header=False, title=str(ci.path))
+    rows = [
+        ("scheme", f"{s.name} ({s.label})"),
+        ("weights", f"{s.weights.type.value}{s.weights.num_bits} {'sym' if s.weights.symmetric else 'asym'} "
+                    f"{s.weights.strategy.value}" + (f" {s.weights.group_size}" if s.weights.group_size else "")
+                    + (f" {s.weights.block}" if s.weights.block else "")),
+        ("activations", "16-bit" if s.activations is None else
+         f"{s.activations.type.value}{s.activations.num_bits} dynamic per {s.activations.strategy.value}"),
+        ("format", ci.format),
+        ("quantized layers", str(len(ci.quantized_layers))),
+        ("skipped", ", ".join(s.ignore) or "-"),
+        ("architecture", ", ".join(ci.config.get("architectures", []))),
+        ("dtype", str(ci.config.get("dtype") or ci.config.get("torch_dtype"))),
+        ("size on disk", f"{ci.disk_bytes / 2**20:.1f} MiB"),
+        ("algorithm", str(ci.recipe.get("algorithm", "unknown"))),
+        ("source", str(ci.recipe.get("source_model", "unknown"))),
+        ("calibration", str(ci.recipe.get("calibration"))),
+    ]
+    layers = ci.recipe.get("layers") or []
+    if layers:
+        finite = [float(r["sqnr_db"]) for r in layers if r["sqnr_db"] != "inf"]
+        rows.append(("layer SQNR dB", f"min {min(finite):.1f} / max {max(finite):.1f}" if finite else "exact"))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+@app.command()
+@one_line_errors
+def study(
+    model: str = typer.Option("smollm2-135m", help="Model to study."),
+    out: Path = typer.Option(Path("runs/study"), help="Folder for checkpoints and the summary."),
+    group_size: int = typer.Option(64, help="Group size / block side for group and block presets "
+                                   "(SmolLM2's width 576 is not a multiple of 128)."),
+    schemes_: str = typer.Option("all", "--schemes", help="Comma-separated presets, or 'all'."),
+) -> None:
+    """Quantize the model into each preset and compare size, SQNR and a greedy sample.
+
+    This is the pipeline that exists so far (quantize); evaluation, comparison and
+    benchmarking stages join it as they land.
+    """
+    from quantstudy.study import run_study
+
+    run_study(model, out, group_size=group_size, scheme_names=schemes_, console=console,
+              progress_factory=_progress)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,155 @@
+"""Walking a model: which linears a scheme quantizes, running an algorithm over them,
+and swapping them for fake-quant modules so the quantized model runs in PyTorch.
+
+The algorithms themselves (rtn, gptq, ...) never see a module; they get tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.quantize.primitives import QuantizedWeight, quantize_activations, sqnr_db
+from quantstudy.quantize.rtn import rtn_quantize
+from quantstudy.schemes import ActivationQuant, Scheme, Strategy
+
+ALGORITHMS: dict[str, Callable[..., QuantizedWeight]] = {"rtn": rtn_quantize}
+
+
+def is_ignored(name: str, ignore: tuple[str, ...]) -> bool:
+    for pattern in ignore:
+        if pattern.startswith("re:"):
+            if re.match(pattern[3:], name):
+                return True
+        elif name == pattern or name.endswith("." + pattern):
+            return True
+    return False
+
+
+def quantizable_linears(model: nn.Module, scheme: Scheme) -> list[tuple[str, nn.Linear]]:
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not is_ignored(name, scheme.ignore)
+    ]
+
+
+def _divisors_of_all(widths: list[int]) -> list[int]:
+    g = 0
+    for w in widths:
+        g = math.gcd(g, w)
+    return [d for d in range(8, g + 1) if g % d == 0 and d % 8 == 0]
+
+
+def check_shapes(linears: list[tuple[str, nn.Linear]], scheme: Scheme) -> None:
+    """Fail before any work if a group or block does not tile every layer."""
+    w = scheme.weights
+    cols = [m.in_features for _, m in linears]
+    if w.strategy is Strategy.GROUP:
+        bad = [(n, m.in_features) for n, m in linears if m.in_features % w.group_size]
+        if bad:
+            name, width = bad[0]
+            ok = ", ".join(map(str, _divisors_of_all(cols))) or "none"
+            raise QuantstudyError(
+                f"group size {w.group_size} does not divide {name}'s input width {width} "
+                f"({len(bad)} layers affected); group sizes that fit every layer: {ok} — pass --group-size"
+            )
+    if w.strategy is Strategy.BLOCK:
+        br, bc = w.block
+        bad = [(n, m.out_features, m.in_features) for n, m in linears
+               if m.out_features % br or m.in_features % bc]
+        if bad:
+            name, rows, width = bad[0]
+            ok = ", ".join(map(str, _divisors_of_all(cols + [m.out_features for _, m in linears]))) or "none"
+            raise QuantstudyError(
+                f"block {br}x{bc} does not tile {name}'s weight {rows}x{width} ({len(bad)} layers affected); "
+                f"square blocks that fit every layer: {ok} — pass --group-size"
+            )
+    a = scheme.activations
+    if a is not None and a.strategy is Strategy.GROUP:
+        bad = [(n, m.in_features) for n, m in linears if m.in_features % a.group_size]
+        if bad:
+            raise QuantstudyError(
+                f"activation group {a.group_size} does not divide {bad[0][0]}'s input width {bad[0][1]} — pass --group-size"
+            )
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    sqnr_db: float
+    signal_energy: float  # sum of squared weights, to aggregate SQNR over layers exactly
+
+
+def quantize_model_weights(
+    model: nn.Module,
+    scheme: Scheme,
+    algorithm: str = "rtn",
+    scale_dtype: torch.dtype = torch.bfloat16,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, QuantizedWeight], list[LayerReport]]:
+    """Quantize every targeted linear's weight; the model itself is left untouched."""
+    if algorithm not in ALGORITHMS:
+        raise QuantstudyError(f"unknown algorithm '{algorithm}'; choose one of: {', '.join(ALGORITHMS)}")
+    quantize_fn = ALGORITHMS[algorithm]
+    linears = quantizable_linears(model, scheme)
+    if not linears:
+        raise QuantstudyError("the scheme targets no linear layer in this model (check 'ignore')")
+    check_shapes(linears, scheme)
+    qweights: dict[str, QuantizedWeight] = {}
+    reports: list[LayerReport] = []
+    with torch.no_grad():
+        for name, module in linears:
+            w = module.weight.detach()
+            qw = quantize_fn(w, scheme.weights, scale_dtype)
+            qweights[name] = qw
+            reports.append(LayerReport(name, tuple(w.shape), sqnr_db(w, qw.dequantize()), w.double().pow(2).sum().item()))
+            if progress:
+                progress(name)
+    return qweights, reports
+
+
+class FakeQuantLinear(nn.Module):
+    """A linear layer computing with dequantized weights and, for W8A8, activations
+    quantized per token on the fly: numerically what an engine's quantized GEMM does."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activations: ActivationQuant | None):
+        super().__init__()
+        self.in_features = weight.shape[1]
+        self.out_features = weight.shape[0]
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.activations = activations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activations is not None:
+            x = quantize_activations(x, self.activations)
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        act = "a16" if self.activations is None else f"a{self.activations.num_bits}-{self.activations.type.value}"
+        return f"in={self.in_features}, out={self.out_features}, {act}"
+
+
+def install_fake_quant(model: nn.Module, weights: dict[str, torch.Tensor], activations: ActivationQuant | None) -> nn.Module:
+    """Replace each named linear in place by a FakeQuantLinear holding `weights[name]`."""
+    for name, weight in weights.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        bias = None if old.bias is None else old.bias.detach()
+        setattr(parent, child, FakeQuantLinear(weight.to(old.weight.dtype), bias, activations))
+    return model
+
+
+def apply_fake_quant(model: nn.Module, qweights: dict[str, QuantizedWeight], scheme: Scheme) -> nn.Module:
+    """The in-memory quantized model: dequantized weights, activations quantized on the fly."""
+    weights = {name: qw.dequantize() for name, qw in qweights.items()}
+    return install_fake_quant(model, weights, scheme.activations)

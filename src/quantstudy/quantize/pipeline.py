@@ -1,0 +1,91 @@
+"""The quantize stage's entry point: model reference + scheme + algorithm -> checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantstudy.models.loading import load_model, torch_dtype
+from quantstudy.quantize.checkpoint import CheckpointInfo, read_checkpoint_info, save_checkpoint
+from quantstudy.quantize.model import LayerReport, quantizable_linears, quantize_model_weights
+from quantstudy.schemes import Scheme
+
+
+@dataclass
+class QuantizeResult:
+    checkpoint: CheckpointInfo
+    layers: list[LayerReport]
+    seconds: float
+
+    @property
+    def sqnr_db(self) -> float:
+        """Whole-model SQNR: total signal over total noise across quantized layers."""
+        signal = sum(r.signal_energy for r in self.layers)
+        noise = sum(r.signal_energy * 10 ** (-r.sqnr_db / 10) for r in self.layers)
+        return float("inf") if noise == 0 else 10 * math.log10(signal / noise)
+
+    @property
+    def min_layer_sqnr_db(self) -> float:
+        return min(r.sqnr_db for r in self.layers)
+
+
+def quantize_checkpoint(
+    model_ref: str | Path,
+    scheme: Scheme,
+    out_dir: str | Path,
+    algorithm: str = "rtn",
+    dtype: str = "bfloat16",
+    allow_pickle: bool = False,
+    on_layer: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> QuantizeResult:
+    """Load, quantize every targeted linear, write a compressed-tensors checkpoint."""
+    start = time.perf_counter()
+    model, tokenizer, source = load_model(model_ref, dtype="float32", allow_pickle=allow_pickle)
+    result = quantize_loaded(model, tokenizer, str(model_ref), source, scheme, out_dir, algorithm, dtype,
+                             on_layer=on_layer, on_start=on_start)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def quantize_loaded(
+    model,
+    tokenizer,
+    model_ref: str,
+    source: Path,
+    scheme: Scheme,
+    out_dir: str | Path,
+    algorithm: str = "rtn",
+    dtype: str = "bfloat16",
+    on_layer: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> QuantizeResult:
+    """Quantize an already loaded float model (left unchanged) into a checkpoint."""
+    start = time.perf_counter()
+    if on_start:
+        on_start(len(quantizable_linears(model, scheme)))
+    store_dtype = torch_dtype(dtype)
+    qweights, reports = quantize_model_weights(model, scheme, algorithm, scale_dtype=store_dtype, progress=on_layer)
+    recipe = {"algorithm": algorithm, "source_model": model_ref, "source_path": str(source), "calibration": None}
+    save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, recipe, reports)
+    return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)
+
+
+def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> tuple[list[int], str]:
+    """Greedy continuation of a chat prompt: (new token ids, decoded text)."""
+    messages = [{"role": "user", "content": prompt}]
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    return new, tokenizer.decode(new, skip_special_tokens=True)

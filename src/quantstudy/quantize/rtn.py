@@ -1,0 +1,17 @@
+"""Round-to-nearest: the calibration-free baseline algorithm (and FP8's recipe in the paper)."""
+
+from __future__ import annotations
+
+import torch
+
+from quantstudy.quantize.primitives import QuantizedWeight, compute_qparams, quantize, reduce_min_max
+from quantstudy.schemes import WeightQuant
+
+
+def rtn_quantize(
+    w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype, clip_ratio: float = 1.0
+) -> QuantizedWeight:
+    """Quantize a [out, in] weight with abs-max scales, optionally shrunk by `clip_ratio`."""
+    min_vals, max_vals = reduce_min_max(w.float(), args)
+    scale, zero_point = compute_qparams(min_vals * clip_ratio, max_vals * clip_ratio, args, scale_dtype)
+    return QuantizedWeight(quantize(w, scale, zero_point, args), scale, zero_point, args)
