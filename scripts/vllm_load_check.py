@@ -1,8 +1,9 @@
 """Load compressed-tensors checkpoints in vLLM and greedy-generate from fixed token ids.
 
 Runs inside the engine environment (.venv-vllm), not quantstudy's: it imports only
-vLLM. Usage: python vllm_load_check.py OUT.json MAX_TOKENS DIR [DIR ...]
-Prints nothing on success; writes {dir: {"tokens": [...], "error": null}} to OUT.json.
+vLLM. Usage: python vllm_load_check.py OUT.json MAX_TOKENS PROMPT_IDS DIR [DIR ...]
+with PROMPT_IDS comma-separated. Writes {dir: {"tokens": [...], "error": str|null}}
+to OUT.json; a checkpoint that fails to load is reported, the others still run.
 """
 
 import json
@@ -14,17 +15,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    out_path, max_tokens, dirs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    out_path, max_tokens, prompt_ids, dirs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    prompt = TokensPrompt(prompt_token_ids=[1, 504, 3458, 282, 4649, 314, 7042, 30, 378, 3458, 282, 6767, 314])
+    prompt = TokensPrompt(prompt_token_ids=[int(t) for t in prompt_ids.split(",")])
     results = {}
     for d in dirs:
         try:
             llm = LLM(model=d, dtype="bfloat16", enforce_eager=True, max_model_len=512, seed=0)
             out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
-            results[d] = {"tokens": list(out[0].outputs[0].token_ids), "error": None}
+            tokens = list(out[0].outputs[0].token_ids)
+            # teacher-forced: log-probability vLLM gives each token of prompt + continuation
+            full = TokensPrompt(prompt_token_ids=list(prompt["prompt_token_ids"]) + tokens)
+            scored = llm.generate([full], SamplingParams(max_tokens=1, prompt_logprobs=0))
+            logprobs = [None if lp is None else lp[tok].logprob
+                        for tok, lp in zip(full["prompt_token_ids"], scored[0].prompt_logprobs)]
+            results[d] = {"tokens": tokens, "prompt_logprobs": logprobs, "error": None}
             del llm
         except Exception as exc:  # report per checkpoint, keep going
             results[d] = {"tokens": [], "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}

@@ -1,0 +1,84 @@
+"""The CLI: commands work end to end, and bad input is one line on stderr, exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from quantstudy.cli import app
+
+runner = CliRunner()
+
+
+def _one_line_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    out = result.output.strip()
+    assert "Traceback" not in out
+    assert len(out.splitlines()) <= 2  # rich may soft-wrap one long line in a narrow terminal
+    assert out.startswith("error:") and pattern in out.replace("\n", " "), out
+
+
+def test_schemes_lists_presets():
+    result = runner.invoke(app, ["schemes"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in ("w8a8-fp8", "w8a8-int8", "w4a16", "w4a16-asym", "w8a16", "fp8-block"):
+        assert name in result.output
+
+
+def test_unknown_scheme(tmp_path):
+    _one_line_error(runner.invoke(app, ["quantize", "--scheme", "int3", "--out", str(tmp_path / "x")],
+                                  env={"COLUMNS": "300"}), "unknown scheme")
+
+
+def test_missing_model_folder(tmp_path):
+    _one_line_error(runner.invoke(app, ["quantize", "--model", str(tmp_path / "none"), "--scheme", "w4a16",
+                                       "--out", str(tmp_path / "x")], env={"COLUMNS": "300"}), "not found")
+
+
+def test_info_on_a_non_checkpoint(tmp_path):
+    _one_line_error(runner.invoke(app, ["info", str(tmp_path)], env={"COLUMNS": "300"}), "config.json")
+
+
+def test_output_folder_not_empty(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    _one_line_error(runner.invoke(app, ["quantize", "--scheme", "w8a8-int8", "--out", str(tmp_path / "x")],
+                                  env={"COLUMNS": "300"}), "not empty")
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_indivisible_group_size_names_layer_and_fixes(tmp_path, smollm2):
+    result = runner.invoke(app, ["quantize", "--scheme", "w4a16", "--out", str(tmp_path / "x")],
+                           env={"COLUMNS": "400"})
+    _one_line_error(result, "group size 128 does not divide model.layers.0.self_attn.q_proj's input width 576")
+    assert "64" in result.output and "--group-size" in result.output
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_quantize_then_transformers_loads_offline(tmp_path, smollm2):
+    out = tmp_path / "x"
+    result = runner.invoke(app, ["quantize", "--model", "smollm2-135m", "--scheme", "w8a8-int8", "--out", str(out)],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "W8A8-INT8" in result.output and "210 layers" in result.output
+    code = (
+        "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer;"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1]);"
+        "ids = t('Hello', return_tensors='pt')['input_ids'];"
+        "print(m.generate(ids, max_new_tokens=4, do_sample=False).shape[1] - ids.shape[1])"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "4"
+
+    info = runner.invoke(app, ["info", str(out)], env={"COLUMNS": "200"})
+    assert info.exit_code == 0 and "int-quantized" in info.output and "210" in info.output
+    recipe = json.loads((out / "quantstudy.json").read_text())
+    assert recipe["algorithm"] == "rtn" and recipe["scheme"]["name"] == "w8a8-int8"
