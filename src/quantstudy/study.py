@@ -84,16 +84,22 @@ def run_study(model_ref: str, out: Path, group_size: int, scheme_names: str, con
     if len(rows) < 2:
         raise QuantstudyError("no scheme selected")
 
-    table = Table(title=f"quantstudy: {model_ref} (RTN, group/block {group_size}; greedy {SAMPLE_TOKENS} tokens)")
-    for col in ("scheme", "format", "weights MiB", "vs source", "SQNR dB", "tokens = baseline", "greedy sample"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"quantstudy: {model_ref} — RTN, group/block {group_size}, greedy {SAMPLE_TOKENS} tokens")
+    for col in ("scheme", "format", "weights MiB", "vs BF16", "SQNR dB", "= baseline"):
+        table.add_column(col, no_wrap=True)
+    bf16_bytes = base_bytes / 2  # the source folder is float32
     for r in rows:
         sq = "-" if r["sqnr_db"] is None else ("exact" if r["sqnr_db"] == float("inf") else f"{r['sqnr_db']:.1f}")
-        table.add_row(r["scheme"], r["label"], f"{r['bytes'] / 2**20:.1f}", f"{base_bytes / r['bytes']:.2f}x", sq,
-                      f"{r['agree_tokens']}/{len(base_ids)}", r["sample"].replace("\n", " ")[:90])
+        table.add_row(r["scheme"], r["label"], f"{r['bytes'] / 2**20:.1f}", f"{bf16_bytes / r['bytes']:.2f}x", sq,
+                      f"{r['agree_tokens']}/{len(base_ids)} tok")
     console.print(table)
-    console.print("[dim]note: SmolLM2-135M's weights come from a Q4_1 GGUF (4-bit grid, group 32), so 4-bit "
-                  "formats lose less here than on a model trained in BF16.[/]")
+    console.print(f"[bold]greedy samples[/] for: {SAMPLE_PROMPT}")
+    for r in rows:
+        console.print(f"  [cyan]{r['scheme']:>10}[/] {r['sample'].strip()}", highlight=False)
+    console.print("[dim]'= baseline': greedy tokens identical to the float model's before the first change. "
+                  "SmolLM2-135M ships as a Q4_1 GGUF: every group of 32 weights sits on a 16-level grid with a "
+                  "float offset, which INT4 with integer zero points cannot store, so INT4 errors here are "
+                  "those of ordinary weights (measured, see README).[/]")
     summary = out / "summary.json"
     summary.write_text(json.dumps({"model": model_ref, "prompt": SAMPLE_PROMPT, "rows": rows}, indent=2,
                                   default=lambda x: "inf" if x == float("inf") else str(x)))

