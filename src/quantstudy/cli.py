@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -86,7 +87,18 @@ def quantize(
     model: str = typer.Option("smollm2-135m", help="Embedded model name, HF folder (safetensors) or .gguf file."),
     scheme: str = typer.Option(..., help="Preset name; see `quantstudy schemes`."),
     out: Path = typer.Option(..., help="Output folder for the compressed-tensors checkpoint (must not exist)."),
-    algo: str = typer.Option("rtn", help="Algorithm choosing the quantized values: rtn."),
+    algo: str = typer.Option("rtn", help="How quantized values are chosen: rtn (no data), gptq (act-order + "
+                             "MSE clipping by default), awq (activation-aware scales + clip search)."),
+    smoothquant: Optional[float] = typer.Option(None, help="SmoothQuant strength (e.g. 0.8) applied before the "
+                                                "algorithm; the paper's W8A8-INT8 recipe is --smoothquant 0.8 --algo gptq."),
+    calibration: str = typer.Option("instruct-mix", help="Calibration data: instruct-mix (chat-formatted GSM8K/MBPP/"
+                                    "ARC Q&A), lambada, wikitext, random, or jsonl:PATH."),
+    num_samples: int = typer.Option(64, help="Calibration samples."),
+    seq_len: int = typer.Option(512, help="Tokens per calibration sample."),
+    seed: int = typer.Option(0, help="Seed for the calibration sample."),
+    dampening: float = typer.Option(0.01, help="GPTQ dampening, a fraction of the mean Hessian diagonal."),
+    actorder: bool = typer.Option(True, help="GPTQ: visit columns by decreasing activation energy (static groups)."),
+    mse_clip: bool = typer.Option(True, help="GPTQ: MSE-optimal clipping of scales instead of abs-max."),
     group_size: Optional[int] = typer.Option(None, help="Override the group size (or square block side). "
                                              "SmolLM2's width 576 needs 64 or 32 instead of 128."),
     dtype: str = typer.Option("bfloat16", help="dtype of scales and unquantized tensors: bfloat16, float16, float32."),
@@ -95,24 +107,29 @@ def quantize(
     allow_pickle: bool = typer.Option(False, help="Allow loading pickled .bin weights (can run code)."),
 ) -> None:
     """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load."""
+    from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.quantize.pipeline import quantize_checkpoint
+    from quantstudy.quantize.sequential import Recipe
     from quantstudy.schemes import get_scheme
 
     chosen = get_scheme(scheme, group_size)
     if ignore is not None:
         chosen = chosen.with_ignore(tuple(p.strip() for p in ignore.split(",") if p.strip()))
+    recipe = Recipe(algorithm=algo, smoothquant=smoothquant, dampening=dampening, actorder=actorder, mse_clip=mse_clip)
+    calib = CalibrationSpec(source=calibration, num_samples=num_samples, seq_len=seq_len, seed=seed)
     if out.exists() and any(out.iterdir()):
         raise QuantstudyError(f"{out} exists and is not empty; choose another --out or remove it")
+    label = algo + (f" + smoothquant {smoothquant}" if smoothquant is not None else "")
     with _progress() as progress:
-        task = progress.add_task(f"quantize {chosen.name} ({algo})", total=None, item="loading model")
+        task = progress.add_task(f"quantize {chosen.name} ({label})", total=None, item="loading model")
         result = quantize_checkpoint(
-            model, chosen, out, algorithm=algo, dtype=dtype, allow_pickle=allow_pickle,
+            model, chosen, out, recipe=recipe, calibration=calib, dtype=dtype, allow_pickle=allow_pickle,
             on_start=lambda n: progress.update(task, total=n, item=""),
             on_layer=lambda name: progress.update(task, advance=1, item=name),
         )
     info = result.checkpoint
     console.print(
-        f"[green]wrote[/] {info.path}  {chosen.label} ({chosen.name}, {algo})  "
+        f"[green]wrote[/] {info.path}  {chosen.label} ({chosen.name}, {label})  "
         f"{len(info.quantized_layers)} layers  {info.disk_bytes / 2**20:.1f} MiB  "
         f"SQNR {_fmt_db(result.sqnr_db)} dB (min layer {_fmt_db(result.min_layer_sqnr_db)})  {result.seconds:.1f}s"
     )
@@ -146,7 +163,7 @@ def info(path: Path = typer.Argument(..., help="A compressed-tensors checkpoint 
     ]
     layers = ci.recipe.get("layers") or []
     if layers:
-        finite = [float(r["sqnr_db"]) for r in layers if r["sqnr_db"] != "inf"]
+        finite = [float(r["sqnr_db"]) for r in layers if math.isfinite(float(r["sqnr_db"]))]
         rows.append(("layer SQNR dB", f"min {min(finite):.1f} / max {max(finite):.1f}" if finite else "exact"))
     for k, v in rows:
         table.add_row(k, v)

@@ -19,6 +19,7 @@ from rich.table import Table
 from quantstudy.errors import QuantstudyError
 from quantstudy.models.loading import load_model
 from quantstudy.quantize.checkpoint import load_fake_quant_model, read_checkpoint_info
+from quantstudy.quantize.model import aggregate_sqnr_db
 from quantstudy.quantize.pipeline import greedy_sample, quantize_loaded
 from quantstudy.schemes import PRESETS, Strategy, get_scheme
 
@@ -68,12 +69,9 @@ def run_study(model_ref: str, out: Path, group_size: int, scheme_names: str, con
             progress.update(task, item=f"{scheme.name}: quantize")
             start = time.perf_counter()
             if not (folder / "config.json").is_file():
-                quantize_loaded(model, tokenizer, model_ref, source, scheme, folder, "rtn", "bfloat16")
+                quantize_loaded(model, tokenizer, model_ref, source, scheme, folder)
             info = read_checkpoint_info(folder)
-            layers = info.recipe.get("layers", [])
-            signal = sum(r["signal_energy"] for r in layers)
-            noise = sum(r["signal_energy"] * 10 ** (-float(r["sqnr_db"]) / 10) for r in layers)
-            sqnr = float("inf") if noise == 0 else 10 * torch.log10(torch.tensor(signal / noise)).item()
+            sqnr = aggregate_sqnr_db([(r["signal_energy"], float(r["sqnr_db"])) for r in info.recipe["layers"]])
             progress.update(task, item=f"{scheme.name}: reload + generate")
             qmodel, qtok, _ = load_fake_quant_model(folder, dtype=torch.float32)
             ids, text = greedy_sample(qmodel, qtok, SAMPLE_PROMPT, SAMPLE_TOKENS)
@@ -102,6 +100,6 @@ def run_study(model_ref: str, out: Path, group_size: int, scheme_names: str, con
                   "those of ordinary weights (measured, see README).[/]")
     summary = out / "summary.json"
     summary.write_text(json.dumps({"model": model_ref, "prompt": SAMPLE_PROMPT, "rows": rows}, indent=2,
-                                  default=lambda x: "inf" if x == float("inf") else str(x)))
+                                  default=str))
     console.print(f"summary: {summary}")
     return summary

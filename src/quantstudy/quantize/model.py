@@ -88,6 +88,13 @@ class LayerReport:
     signal_energy: float  # sum of squared weights, to aggregate SQNR over layers exactly
 
 
+def aggregate_sqnr_db(layers: list[tuple[float, float]]) -> float:
+    """Whole-model SQNR from (signal energy, SQNR dB) per layer: total signal over total noise."""
+    signal = sum(e for e, _ in layers)
+    noise = sum(e * 10 ** (-db / 10) for e, db in layers)
+    return float("inf") if noise == 0 else 10 * math.log10(signal / noise)
+
+
 def quantize_model_weights(
     model: nn.Module,
     scheme: Scheme,

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from quantstudy.models.loading import load_model, torch_dtype
 from quantstudy.quantize.checkpoint import CheckpointInfo, read_checkpoint_info, save_checkpoint
-from quantstudy.quantize.model import LayerReport, quantizable_linears, quantize_model_weights
+from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
+from quantstudy.quantize.model import (
+    LayerReport,
+    aggregate_sqnr_db,
+    check_shapes,
+    quantizable_linears,
+    quantize_model_weights,
+)
+from quantstudy.quantize.sequential import Recipe, decoder_layers, quantize_sequential
 from quantstudy.schemes import Scheme
 
 
@@ -25,9 +33,7 @@ class QuantizeResult:
     @property
     def sqnr_db(self) -> float:
         """Whole-model SQNR: total signal over total noise across quantized layers."""
-        signal = sum(r.signal_energy for r in self.layers)
-        noise = sum(r.signal_energy * 10 ** (-r.sqnr_db / 10) for r in self.layers)
-        return float("inf") if noise == 0 else 10 * math.log10(signal / noise)
+        return aggregate_sqnr_db([(r.signal_energy, r.sqnr_db) for r in self.layers])
 
     @property
     def min_layer_sqnr_db(self) -> float:
@@ -38,7 +44,8 @@ def quantize_checkpoint(
     model_ref: str | Path,
     scheme: Scheme,
     out_dir: str | Path,
-    algorithm: str = "rtn",
+    recipe: Recipe = Recipe(),
+    calibration: CalibrationSpec = CalibrationSpec(),
     dtype: str = "bfloat16",
     allow_pickle: bool = False,
     on_layer: Callable[[str], None] | None = None,
@@ -47,8 +54,8 @@ def quantize_checkpoint(
     """Load, quantize every targeted linear, write a compressed-tensors checkpoint."""
     start = time.perf_counter()
     model, tokenizer, source = load_model(model_ref, dtype="float32", allow_pickle=allow_pickle)
-    result = quantize_loaded(model, tokenizer, str(model_ref), source, scheme, out_dir, algorithm, dtype,
-                             on_layer=on_layer, on_start=on_start)
+    result = quantize_loaded(model, tokenizer, str(model_ref), source, scheme, out_dir, recipe, calibration, dtype,
+                             on_layer=on_layer, on_start=on_start, in_place=True)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -60,19 +67,36 @@ def quantize_loaded(
     source: Path,
     scheme: Scheme,
     out_dir: str | Path,
-    algorithm: str = "rtn",
+    recipe: Recipe = Recipe(),
+    calibration: CalibrationSpec = CalibrationSpec(),
     dtype: str = "bfloat16",
     on_layer: Callable[[str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    in_place: bool = False,
 ) -> QuantizeResult:
-    """Quantize an already loaded float model (left unchanged) into a checkpoint."""
+    """Quantize a loaded float model into a checkpoint. Calibrated recipes change the
+    weights they work on (smoothing, dequantized layers): unless `in_place`, they work
+    on a copy and leave `model` as it was."""
     start = time.perf_counter()
-    if on_start:
-        on_start(len(quantizable_linears(model, scheme)))
     store_dtype = torch_dtype(dtype)
-    qweights, reports = quantize_model_weights(model, scheme, algorithm, scale_dtype=store_dtype, progress=on_layer)
-    recipe = {"algorithm": algorithm, "source_model": model_ref, "source_path": str(source), "calibration": None}
-    save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, recipe, reports)
+    linears = quantizable_linears(model, scheme)
+    check_shapes(linears, scheme)
+    if recipe.needs_calibration:
+        if not in_place:
+            model = copy.deepcopy(model)
+        calib_ids = load_calibration(calibration, tokenizer)
+        if on_start:
+            on_start(len(decoder_layers(model)))
+        qweights, reports = quantize_sequential(model, scheme, recipe, calib_ids, store_dtype, on_layer=on_layer)
+        calib_record = calibration.record()
+    else:
+        if on_start:
+            on_start(len(linears))
+        qweights, reports = quantize_model_weights(model, scheme, "rtn", scale_dtype=store_dtype, progress=on_layer)
+        calib_record = None
+    record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": model_ref,
+              "source_path": str(source), "calibration": calib_record}
+    save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, record, reports)
     return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)
 
 
