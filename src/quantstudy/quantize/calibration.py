@@ -57,7 +57,10 @@ def _olmo_requests(task_path: str) -> list[dict]:
 
 def _split(docs: list, heldout: bool) -> list:
     cut = int(len(docs) * (1 - HELDOUT_FRACTION))
-    return docs[cut:] if heldout else docs[:cut]
+    if heldout:
+        return docs[cut:]
+    held = {json.dumps(d, sort_keys=True) for d in docs[cut:]}  # repeated lines stay held out
+    return [d for d in docs[:cut] if json.dumps(d, sort_keys=True) not in held]
 
 
 def lambada_texts(heldout: bool = False) -> list[str]:

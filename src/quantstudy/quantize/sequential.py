@@ -246,3 +246,13 @@ def quantize_sequential(
                                        w.double().pow(2).sum().item()))
             w.copy_(qweights[name].dequantize(w.dtype))
     return qweights, reports
+
+
+@torch.no_grad()
+def smooth_model(model: nn.Module, calib_ids: torch.Tensor, alpha: float, batch_size: int = 8) -> None:
+    """SmoothQuant alone: fold smoothing into every layer, float weights otherwise."""
+    layers = decoder_layers(model)
+    batches = _capture_layer0_inputs(model, layers, calib_ids, batch_size)
+    for layer in layers:
+        _smooth_layer(layer, batches, alpha)
+        batches = _run_layer(layer, batches)

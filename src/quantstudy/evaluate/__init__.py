@@ -1,0 +1,1 @@
+"""Evaluate stage: accuracy of a baseline and its quantized variants."""
