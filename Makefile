@@ -7,7 +7,7 @@ VLLM_VENV := .venv-vllm
 BIN := $(VENV)/bin
 VLLM_VERSION := 0.32.0
 
-.PHONY: study test test-fast vllm-env install clean
+.PHONY: study test test-fast vllm-env install clean bench-quantize
 
 install: $(VENV)/.installed
 
@@ -41,4 +41,8 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) .venv-llmc runs
+
+# quantstudy vs llm-compressor (creates .venv-llmc on first use); prints time, RSS and perplexity ratios
+bench-quantize: install
+	$(BIN)/python benchmarks/quantize_vs_llmcompressor.py

@@ -6,10 +6,18 @@ Usage: python llmcompressor_peer.py MODEL_DIR CALIB.json RECIPE(w4a16-gptq|w8a8-
 """
 
 import json
-import resource
 import sys
 import time
 
+
+
+def peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM). Not ru_maxrss: that one survives fork+exec
+    and would report the launching parent's peak."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 def main() -> None:
     model_dir, calib_path, recipe_name, group, out_dir = sys.argv[1:6]
@@ -48,7 +56,7 @@ def main() -> None:
             shuffle_calibration_samples=False)
     model.save_pretrained(out_dir, save_compressed=True)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "max_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

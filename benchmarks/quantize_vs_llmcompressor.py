@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from llmcompressor_peer import peak_rss_mb  # noqa: E402  (stdlib-only helper shared with the peer)
 PEER_VENV = ROOT / ".venv-llmc"
 PEER_PINS = ["torch==2.13.0", "llmcompressor==0.14.0.1"]
 RECIPES = {  # name -> (quantstudy scheme, CLI-equivalent recipe kwargs)
     "w4a16-gptq": ("w4a16", {"algorithm": "gptq"}),
     "w8a8-sq-gptq": ("w8a8-int8", {"algorithm": "gptq", "smoothquant": 0.8}),
 }
+
 
 
 def ensure_peer_env() -> Path:
@@ -54,7 +56,7 @@ def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int
     quantize_checkpoint(model_dir, scheme, out, recipe=Recipe(**kwargs),
                         calibration=CalibrationSpec("instruct-mix", samples, seq_len), dtype="bfloat16")
     return {"seconds": time.perf_counter() - start,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "max_rss_mb": peak_rss_mb()}
 
 
 def _child(cmd: list[str]) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales
+from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales, input_statistics
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.gptq import accumulate_hessian, gptq_quantize
 from quantstudy.quantize.primitives import dequantize, mse_clip_qparams, quantize, reduce_min_max, reduce_sum
@@ -132,8 +132,9 @@ def test_gptq_masks_dead_columns_and_fails_clearly_on_bad_hessians():
 def test_awq_output_error_below_rtn(activations, scheme):
     args = _args(scheme)
     for layer, (xc, xh, w) in activations.items():
-        s = awq_search_scales(xc, [w], args, torch.bfloat16)
-        clip = awq_clip_ratios(xc / s, w * s, args, torch.bfloat16)
+        abs_sum, gram, n = input_statistics(xc)
+        s = awq_search_scales(abs_sum / n, gram, [w], args, torch.bfloat16)
+        clip = awq_clip_ratios(gram / torch.outer(s, s), w * s, args, torch.bfloat16)
         effective = awq_quantize(w * s, args, torch.bfloat16, clip).dequantize() / s  # 1/s folds into the input
         rtn = rtn_quantize(w, args, torch.bfloat16).dequantize()
         assert _out_err(xh, w, effective) < _out_err(xh, w, rtn), layer

@@ -15,7 +15,7 @@ import torch
 from quantstudy.quantize.primitives import (
     QuantizedWeight,
     compute_qparams,
-    expand_to_weight,
+    grouped_view,
     qdq_elementwise,
     quantize,
     reduce_min_max,
@@ -24,57 +24,65 @@ from quantstudy.schemes import Strategy, WeightQuant
 
 
 def _rtn_qdq(w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype, clip: torch.Tensor | float = 1.0):
-    mins, maxs = reduce_min_max(w, args)
-    scale, zp = compute_qparams(mins * clip, maxs * clip, args, scale_dtype)
-    s = expand_to_weight(scale.float(), w.shape, args)
-    z = None if zp is None else expand_to_weight(zp.float(), w.shape, args)
-    return qdq_elementwise(w, s, z, args), scale, zp
+    """Quantize-dequantize with abs-max scales shrunk by `clip` (scalar or per scale)."""
+    if args.strategy is Strategy.BLOCK:
+        raise ValueError("AWQ is defined for tensor, channel and group scales, not 2-D blocks")
+    wg = grouped_view(w, args)  # rows in scale order; reshaping back is exact for non-block
+    clip = clip if isinstance(clip, float) else clip.reshape(-1)
+    scale, zp = compute_qparams(wg.amin(dim=1) * clip, wg.amax(dim=1) * clip, args, scale_dtype)
+    q = qdq_elementwise(wg, scale.float()[:, None], None if zp is None else zp.float()[:, None], args)
+    return q.reshape(w.shape)
+
+
+def input_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(sum |x| per channel, Gram matrix x^T x, token count) of activations [..., in]."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    return x.abs().sum(dim=0), x.T @ x, x.shape[0]
+
+
+def _output_error(dw: torch.Tensor, gram: torch.Tensor) -> float:
+    """||X dW^T||^2 = sum over rows of dW_r G dW_r^T: cost independent of the token count."""
+    return ((dw @ gram) * dw).sum().item()
 
 
 def awq_search_scales(
-    x: torch.Tensor, weights: list[torch.Tensor], args: WeightQuant, scale_dtype: torch.dtype, grid: int = 20
+    abs_mean: torch.Tensor, gram: torch.Tensor, weights: list[torch.Tensor], args: WeightQuant,
+    scale_dtype: torch.dtype, grid: int = 20,
 ) -> torch.Tensor:
-    """Per-input-channel scales for linears sharing input x [tokens, in]; all ones if
-    no exponent beats plain rounding."""
-    x = x.float()
-    refs = [x @ w.float().T for w in weights]
-    x_mean = x.abs().mean(dim=0)
-    best_loss, best = float("inf"), torch.ones_like(x_mean)
+    """Per-input-channel scales s = mean|x|^a for linears sharing one input, a on a grid,
+    minimising the summed output error of Q(W s)/s; all ones if nothing beats RTN (a = 0).
+    `gram` is x^T x over every calibration token (no subsampling needed)."""
+    gram = gram.float()
+    best_loss, best = float("inf"), torch.ones_like(abs_mean)
     for i in range(grid):
-        ratio = i / grid
-        s = x_mean.pow(ratio).clamp(min=1e-4)
+        s = abs_mean.float().pow(i / grid).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        loss = 0.0
-        for w, ref in zip(weights, refs):
-            wq = _rtn_qdq(w.float() * s, args, scale_dtype)[0] / s
-            loss += (x @ wq.T - ref).pow(2).sum().item()
+        loss = sum(_output_error(_rtn_qdq(w.float() * s, args, scale_dtype) / s - w.float(), gram) for w in weights)
         if loss < best_loss:
             best_loss, best = loss, s
     return best
 
 
 def awq_clip_ratios(
-    x: torch.Tensor, w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype,
-    grid: int = 20, max_shrink: float = 0.5, max_tokens: int = 512,
+    gram: torch.Tensor, w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype,
+    grid: int = 20, max_shrink: float = 0.5,
 ) -> torch.Tensor:
     """Per (row, group) range shrink in (1 - max_shrink, 1] minimising that group's
-    contribution to the output error on (a sample of) x."""
+    contribution to the output error: dW_rg G_gg dW_rg^T with G_gg the group's diagonal
+    block of the Gram matrix (cross-group terms are left out, as AWQ does)."""
     if args.strategy is not Strategy.GROUP:
         raise ValueError("AWQ clip search is defined for group-wise weights")
-    x = x.float()
-    if x.shape[0] > max_tokens:
-        x = x[torch.linspace(0, x.shape[0] - 1, max_tokens).long()]
     w = w.float()
     rows, cols = w.shape
     g = args.group_size
-    xg = x.reshape(x.shape[0], cols // g, g)
-    best_err = torch.full((rows, cols // g), float("inf"))
-    best = torch.ones(rows, cols // g)
+    n = cols // g
+    blocks = gram.float().reshape(n, g, n, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [n, g, g]
+    best_err = torch.full((rows, n), float("inf"))
+    best = torch.ones(rows, n)
     for i in range(int(max_shrink * grid)):
         p = 1 - i / grid
-        wq = _rtn_qdq(w, args, scale_dtype, clip=p)[0]
-        dw = (wq - w).reshape(rows, cols // g, g)
-        err = torch.einsum("ngk,rgk->nrg", xg, dw).pow(2).sum(dim=0)
+        dw = (_rtn_qdq(w, args, scale_dtype, clip=p) - w).reshape(rows, n, g)
+        err = torch.einsum("rnk,nkl,rnl->rn", dw, blocks, dw)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, torch.full_like(best, p), best)

@@ -62,11 +62,17 @@ def _inverse_hessian_cholesky(h: torch.Tensor, dampening: float, layer: str) -> 
     damp = dampening
     for _ in range(4):
         try:
-            hd = h + torch.eye(h.shape[0], dtype=h.dtype) * (damp * mean_diag)
-            lower = torch.linalg.cholesky(hd)
-            return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+            # float32 factorisations, as GPTQ's reference code: 3x faster than float64 and
+            # the dampening keeps them well conditioned; the accumulation stays float64
+            hd = (h + torch.eye(h.shape[0], dtype=h.dtype) * (damp * mean_diag)).float()
+            lower, info = torch.linalg.cholesky_ex(hd)
+            if info.item() == 0:
+                inverse_upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+                if info.item() == 0 and torch.isfinite(inverse_upper).all():
+                    return inverse_upper
         except torch.linalg.LinAlgError:
-            damp *= 10
+            pass
+        damp *= 10
     raise QuantstudyError(
         f"GPTQ: the Hessian of {layer or 'a layer'} is not positive definite even with dampening {damp / 10:g}; "
         "use more or more varied calibration samples, or --algo rtn for this model"
@@ -117,13 +123,14 @@ def gptq_quantize(
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
+        diag = torch.diag(hinv1).tolist()
         for i in range(i2 - i1):
             col = w1[:, i]
             z = None if z_full is None else z_full[:, i1 + i]
             q = qdq_elementwise(col, s_full[:, i1 + i], z, args)
             q_out[:, i1 + i] = q
-            err = (col - q) / hinv1[i, i]
-            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            err = (col - q).div_(diag[i])
+            w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 

@@ -35,6 +35,21 @@ class QuantizedWeight:
     args: WeightQuant
     g_idx: torch.Tensor | None = None  # input column -> group, for act-order groups
 
+    def split_rows(self, sizes: list[int]) -> list["QuantizedWeight"]:
+        """Undo a row-stacking of several weights quantized together (channel, group or
+        block scales: each row's parameters belong to that row alone)."""
+        if self.args.strategy is Strategy.TENSOR:
+            raise ValueError("tensor-wise scales cannot be split by rows")
+        if self.g_idx is not None:
+            raise ValueError("act-order group indices cannot be split by rows")
+        per_scale_row = 1 if self.args.strategy is not Strategy.BLOCK else self.args.block[0]
+        qs = self.q.split(sizes)
+        param_sizes = [n // per_scale_row for n in sizes]
+        scales = self.scale.split(param_sizes)
+        zps = [None] * len(sizes) if self.zero_point is None else self.zero_point.split(param_sizes)
+        return [QuantizedWeight(q.contiguous(), s.contiguous(), None if z is None else z.contiguous(), self.args)
+                for q, s, z in zip(qs, scales, zps)]
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dequantized weight: exact in float32, then rounded once to `dtype` — the
         same value compressed-tensors / vLLM produce when they dequantize in `dtype`."""

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales
+from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales, input_statistics
 from quantstudy.quantize.gptq import accumulate_hessian, batch_xtx, gptq_quantize
 from quantstudy.quantize.model import LayerReport, is_ignored
 from quantstudy.quantize.primitives import QuantizedWeight, sqnr_db
@@ -34,7 +34,6 @@ SMOOTH_MAPPINGS = (
     ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
 )
 AWQ_EXTRA_MAPPINGS = (("mlp.up_proj", ("mlp.down_proj",)), ("self_attn.v_proj", ("self_attn.o_proj",)))
-AWQ_MAX_TOKENS = 8192  # activations kept per linear for AWQ's searches
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,10 @@ class Recipe:
             raise QuantstudyError(f"--smoothquant strength must be in [0, 1], got {self.smoothquant}")
         if not 0.0 < self.dampening < 1.0:
             raise QuantstudyError(f"GPTQ dampening must be in (0, 1), got {self.dampening}")
+
+    def check(self, scheme: Scheme) -> None:
+        if self.algorithm == "awq" and scheme.weights.strategy is Strategy.BLOCK:
+            raise QuantstudyError(f"AWQ does not apply to block-wise scales ({scheme.name}); use --algo gptq or rtn")
 
     @property
     def needs_calibration(self) -> bool:
@@ -141,58 +144,75 @@ def _has(module, name: str) -> bool:
 
 
 def _awq_layer(layer, batches, local: list[str], scheme: Scheme, scale_dtype) -> dict[str, QuantizedWeight]:
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in local}
-    _collect(layer, batches, local, lambda n, x: inputs[n].append(x.reshape(-1, x.shape[-1]).float()))
-    xs = {}
-    for n, chunks in inputs.items():
-        x = torch.cat(chunks)
-        if x.shape[0] > AWQ_MAX_TOKENS:
-            x = x[torch.linspace(0, x.shape[0] - 1, AWQ_MAX_TOKENS).long()]
-        xs[n] = x
+    stats: dict[str, list] = {}
+
+    def record(name, x):
+        abs_sum, gram, n = input_statistics(x)
+        if name in stats:
+            stats[name][0] += abs_sum
+            stats[name][1] += gram
+            stats[name][2] += n
+        else:
+            stats[name] = [abs_sum, gram, n]
+
+    _collect(layer, batches, local, record)
+    abs_mean = {n: v[0] / v[2] for n, v in stats.items()}
+    grams = {n: v[1] for n, v in stats.items()}
     args = scheme.weights
     with torch.no_grad():
         for prev, targets in SMOOTH_MAPPINGS + AWQ_EXTRA_MAPPINGS:
-            targets = [t for t in targets if t in xs]
+            targets = [t for t in targets if t in grams]
             if not targets or not _has(layer, prev):
                 continue
             prev_w = layer.get_submodule(prev).weight
             if prev_w.shape[0] != layer.get_submodule(targets[0]).weight.shape[1]:
                 continue  # e.g. v_proj -> o_proj under grouped-query attention: cannot fold
             weights = [layer.get_submodule(t).weight for t in targets]
-            s = awq_search_scales(xs[targets[0]], [w.data for w in weights], args, scale_dtype)
-            if prev_w.dim() == 1:
-                prev_w.data.div_(s)
-            else:
-                prev_w.data.div_(s.unsqueeze(1))
+            s = awq_search_scales(abs_mean[targets[0]], grams[targets[0]], [w.data for w in weights], args,
+                                  scale_dtype)
+            prev_w.data.div_(s if prev_w.dim() == 1 else s.unsqueeze(1))
             for t, w in zip(targets, weights):
                 w.data.mul_(s.unsqueeze(0))
-                xs[t] = xs[t] / s
+                grams[t] = grams[t] / torch.outer(s, s)  # the inputs are now x / s
         out = {}
         for n in local:
             w = layer.get_submodule(n).weight.data
-            clip = awq_clip_ratios(xs[n], w, args, scale_dtype) if args.strategy is Strategy.GROUP else None
+            clip = awq_clip_ratios(grams[n], w, args, scale_dtype) if args.strategy is Strategy.GROUP else None
             out[n] = awq_quantize(w, args, scale_dtype, clip)
     return out
 
 
 def _gptq_layer(layer, batches, local, scheme: Scheme, recipe: Recipe, scale_dtype, prefix: str):
-    hessians: dict[str, tuple[torch.Tensor | None, int]] = {n: (None, 0) for n in local}
-    last: dict = {}  # linears fed the same tensor (q/k/v, gate/up) share one x^T x
+    """GPTQ every linear of a layer. Linears fed the same input (q/k/v, gate/up) share
+    one Hessian, and since GPTQ treats output rows independently they are quantized as
+    one row-stacked matrix: one Cholesky and one column sweep instead of three (as
+    llm-compressor's batched quantization). Tensor-wise scales would couple the stacked
+    rows, so those schemes run per linear."""
+    hessians: dict[str, tuple[torch.Tensor | None, int]] = {}
+    members: dict[str, list[str]] = {}  # first linear seen with an input -> all linears with it
+    last: dict = {}
 
     def record(name, x):
         key = (x.data_ptr(), tuple(x.shape))
         if last.get("key") != key:
-            last.update(key=key, xtx=batch_xtx(x))
-        h, n = hessians[name]
-        hessians[name] = accumulate_hessian(h, n, x, last["xtx"])
+            last.update(key=key, xtx=batch_xtx(x), owner=name)
+        owner = last["owner"] if scheme.weights.strategy is not Strategy.TENSOR else name
+        if owner == name:
+            h, n = hessians.get(name, (None, 0))
+            hessians[name] = accumulate_hessian(h, n, x, last["xtx"])
+        group = members.setdefault(owner, [owner])
+        if name not in group:
+            group.append(name)
 
     _collect(layer, batches, local, record)
-    return {
-        n: gptq_quantize(layer.get_submodule(n).weight.data, hessians[n][0], scheme.weights, scale_dtype,
-                         block_size=recipe.block_size, dampening=recipe.dampening, actorder=recipe.actorder,
-                         mse_clip=recipe.mse_clip, layer=f"{prefix}.{n}")
-        for n in local
-    }
+    out: dict[str, QuantizedWeight] = {}
+    for owner, names in members.items():
+        weights = [layer.get_submodule(n).weight.data for n in names]
+        stacked = gptq_quantize(torch.cat(weights), hessians[owner][0], scheme.weights, scale_dtype,
+                                block_size=recipe.block_size, dampening=recipe.dampening, actorder=recipe.actorder,
+                                mse_clip=recipe.mse_clip, layer=f"{prefix}.{owner}")
+        out.update(zip(names, stacked.split_rows([w.shape[0] for w in weights])))
+    return out
 
 
 @torch.no_grad()
@@ -209,6 +229,7 @@ def quantize_sequential(
     folded in and each quantized linear holds its dequantized weight afterwards.
     Per-layer SQNR is measured against the weight the algorithm received (after any
     smoothing / AWQ scaling)."""
+    recipe.check(scheme)
     layers = decoder_layers(model)
     prefix = next(name for name, module in model.named_modules() if module is layers)
     batches = _capture_layer0_inputs(model, layers, calib_ids, batch_size)
