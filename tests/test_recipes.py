@@ -96,10 +96,12 @@ def test_awq_beats_rtn_on_heldout_perplexity(ppl_of):
 
 @pytest.mark.slow
 def test_smoothquant_gptq_int8_recipe(ppl_of, smollm2):
-    """The paper's W8A8-INT8 recipe: within 2% of the float model here, and the smoothing
-    is folded into the saved norms."""
+    """The paper's W8A8-INT8 recipe beats plain RTN and stays within 3% of the float model
+    (measured 40.85 vs RTN 41.55 vs float 40.08), and the smoothing is folded into the
+    saved norms."""
     ppl, folder = ppl_of("w8a8-int8", Recipe("gptq", smoothquant=0.8))
-    assert ppl < ppl_of.base * 1.02
+    assert ppl < ppl_of("w8a8-int8", Recipe("rtn"))[0]
+    assert ppl < ppl_of.base * 1.03
     from safetensors import safe_open
 
     with safe_open(folder / "model.safetensors", framework="pt") as fh:
