@@ -82,3 +82,15 @@ def test_quantize_then_transformers_loads_offline(tmp_path, smollm2):
     assert info.exit_code == 0 and "int-quantized" in info.output and "210" in info.output
     recipe = json.loads((out / "quantstudy.json").read_text())
     assert recipe["algorithm"] == "rtn" and recipe["scheme"]["name"] == "w8a8-int8"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algo", "spqr"], "unknown algorithm"),
+    (["--smoothquant", "1.5"], "smoothquant"),
+    (["--calibration", "c4"], "unknown calibration source"),
+    (["--num-samples", "0"], "positive number of samples"),
+])
+def test_bad_recipe_options(tmp_path, args, message):
+    _one_line_error(runner.invoke(app, ["quantize", "--scheme", "w8a8-int8", "--out", str(tmp_path / "x"), *args],
+                                  env={"COLUMNS": "300"}), message)
+    assert not (tmp_path / "x").exists()
