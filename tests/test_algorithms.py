@@ -11,7 +11,14 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales, input_statistics
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.gptq import accumulate_hessian, gptq_quantize
-from quantstudy.quantize.primitives import dequantize, mse_clip_qparams, quantize, reduce_min_max, reduce_sum
+from quantstudy.quantize.primitives import (
+    compute_qparams,
+    dequantize,
+    mse_clip_qparams,
+    quantize,
+    reduce_min_max,
+    reduce_sum,
+)
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.sequential import smooth_model
 from quantstudy.schemes import get_scheme
@@ -97,8 +104,7 @@ def test_mse_clip_never_worse_than_absmax_on_its_objective(scheme):
     w = torch.randn(256, 512, generator=torch.Generator().manual_seed(3)) ** 3  # heavy tails: clipping pays
     def err(scale, zp):
         return reduce_sum((w - dequantize(quantize(w, scale, zp, args), scale, zp, args)).abs().pow(2.4), args)
-    absmax = err(*__import__("quantstudy.quantize.primitives", fromlist=["compute_qparams"]).compute_qparams(
-        *reduce_min_max(w, args), args, torch.bfloat16))
+    absmax = err(*compute_qparams(*reduce_min_max(w, args), args, torch.bfloat16))
     clipped = err(*mse_clip_qparams(w, args, torch.bfloat16))
     assert torch.all(clipped <= absmax)
     assert clipped.sum() < absmax.sum()
@@ -140,28 +146,33 @@ def test_awq_output_error_below_rtn(activations, scheme):
         assert _out_err(xh, w, effective) < _out_err(xh, w, rtn), layer
 
 
-@pytest.mark.slow
-def test_smoothquant_preserves_the_float_model(smollm2):
+@pytest.fixture(scope="module")
+def smoothed(smollm2):
+    """(float model, SmoothQuant-0.8 copy, the calibration ids used)."""
     model, tokenizer, _ = smollm2
-    smoothed = copy.deepcopy(model)
+    copy_ = copy.deepcopy(model)
     calib = load_calibration(CalibrationSpec("instruct-mix", 4, 128), tokenizer)
-    smooth_model(smoothed, calib, alpha=0.8)
-    norm0 = smoothed.model.layers[0].input_layernorm.weight
+    smooth_model(copy_, calib, alpha=0.8)
+    return model, copy_, calib
+
+
+@pytest.mark.slow
+def test_smoothquant_preserves_the_float_model(smoothed, smollm2):
+    model, smoothed_model, _ = smoothed
+    tokenizer = smollm2[1]
+    norm0 = smoothed_model.model.layers[0].input_layernorm.weight
     assert not torch.allclose(norm0, model.model.layers[0].input_layernorm.weight)  # it did something
     ids = tokenizer("Smoothing moves outliers from activations into weights.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        a, b = model(ids).logits, smoothed(ids).logits
+        a, b = model(ids).logits, smoothed_model(ids).logits
     assert (a - b).abs().max() / a.abs().max() < 1e-4
 
 
 @pytest.mark.slow
-def test_smoothquant_flattens_activation_outliers(smollm2):
+def test_smoothquant_flattens_activation_outliers(smoothed):
     """What SmoothQuant is for: the per-channel activation range entering q/k/v evens out."""
-    model, tokenizer, _ = smollm2
-    smoothed = copy.deepcopy(model)
-    calib = load_calibration(CalibrationSpec("instruct-mix", 4, 128), tokenizer)
-    smooth_model(smoothed, calib, alpha=0.8)
+    model, smoothed_model, calib = smoothed
     name = "model.layers.5.self_attn.q_proj"
-    before, after = _inputs(model, calib, [name])[name], _inputs(smoothed, calib, [name])[name]
+    before, after = _inputs(model, calib, [name])[name], _inputs(smoothed_model, calib, [name])[name]
     spread = lambda x: (x.abs().amax(0).max() / x.abs().amax(0).median()).item()  # noqa: E731
     assert spread(after) < spread(before)
