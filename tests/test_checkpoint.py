@@ -43,7 +43,7 @@ def checkpoints(smollm2, tmp_path_factory):
     out = {}
     for name in PRESETS:
         scheme = _scheme(name)
-        qweights, reports = quantize_model_weights(model, scheme, "rtn", scale_dtype=torch.bfloat16)
+        qweights, reports = quantize_model_weights(model, scheme, scale_dtype=torch.bfloat16)
         folder = save_checkpoint(model, tokenizer, qweights, scheme, root / name, torch.bfloat16,
                                  {"algorithm": "rtn"}, reports)
         out[name] = (folder, qweights)

@@ -1,5 +1,6 @@
-"""Walking a model: which linears a scheme quantizes, running an algorithm over them,
-and swapping them for fake-quant modules so the quantized model runs in PyTorch.
+"""Walking a model: which linears a scheme quantizes, round-to-nearest over them (the
+calibrated algorithms walk layer by layer in sequential.py), and swapping them for
+fake-quant modules so the quantized model runs in PyTorch.
 
 The algorithms themselves (rtn, gptq, ...) never see a module; they get tensors.
 """
@@ -18,8 +19,6 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.quantize.primitives import QuantizedWeight, quantize_activations, sqnr_db
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.schemes import ActivationQuant, Scheme, Strategy
-
-ALGORITHMS: dict[str, Callable[..., QuantizedWeight]] = {"rtn": rtn_quantize}
 
 
 def is_ignored(name: str, ignore: tuple[str, ...]) -> bool:
@@ -48,7 +47,9 @@ def _divisors_of_all(widths: list[int]) -> list[int]:
 
 
 def check_shapes(linears: list[tuple[str, nn.Linear]], scheme: Scheme) -> None:
-    """Fail before any work if a group or block does not tile every layer."""
+    """Fail before any work if nothing is targeted or a group or block does not tile every layer."""
+    if not linears:
+        raise QuantstudyError("the scheme targets no linear layer in this model (check 'ignore')")
     w = scheme.weights
     cols = [m.in_features for _, m in linears]
     if w.strategy is Strategy.GROUP:
@@ -87,6 +88,11 @@ class LayerReport:
     sqnr_db: float
     signal_energy: float  # sum of squared weights, to aggregate SQNR over layers exactly
 
+    @classmethod
+    def measure(cls, name: str, w: torch.Tensor, qw: QuantizedWeight) -> "LayerReport":
+        """Report how well `qw` reproduces the float weight `w`."""
+        return cls(name, tuple(w.shape), sqnr_db(w, qw.dequantize()), w.double().pow(2).sum().item())
+
 
 def aggregate_sqnr_db(layers: list[tuple[float, float]]) -> float:
     """Whole-model SQNR from (signal energy, SQNR dB) per layer: total signal over total noise."""
@@ -98,26 +104,19 @@ def aggregate_sqnr_db(layers: list[tuple[float, float]]) -> float:
 def quantize_model_weights(
     model: nn.Module,
     scheme: Scheme,
-    algorithm: str = "rtn",
     scale_dtype: torch.dtype = torch.bfloat16,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, QuantizedWeight], list[LayerReport]]:
-    """Quantize every targeted linear's weight; the model itself is left untouched."""
-    if algorithm not in ALGORITHMS:
-        raise QuantstudyError(f"unknown algorithm '{algorithm}'; choose one of: {', '.join(ALGORITHMS)}")
-    quantize_fn = ALGORITHMS[algorithm]
+    """Round-to-nearest for every targeted linear's weight; the model is left untouched."""
     linears = quantizable_linears(model, scheme)
-    if not linears:
-        raise QuantstudyError("the scheme targets no linear layer in this model (check 'ignore')")
     check_shapes(linears, scheme)
     qweights: dict[str, QuantizedWeight] = {}
     reports: list[LayerReport] = []
     with torch.no_grad():
         for name, module in linears:
             w = module.weight.detach()
-            qw = quantize_fn(w, scheme.weights, scale_dtype)
-            qweights[name] = qw
-            reports.append(LayerReport(name, tuple(w.shape), sqnr_db(w, qw.dequantize()), w.double().pow(2).sum().item()))
+            qweights[name] = rtn_quantize(w, scheme.weights, scale_dtype)
+            reports.append(LayerReport.measure(name, w, qweights[name]))
             if progress:
                 progress(name)
     return qweights, reports

@@ -79,9 +79,8 @@ def quantize_loaded(
     on a copy and leave `model` as it was."""
     start = time.perf_counter()
     store_dtype = torch_dtype(dtype)
-    linears = quantizable_linears(model, scheme)
-    check_shapes(linears, scheme)
     if recipe.needs_calibration:
+        check_shapes(quantizable_linears(model, scheme), scheme)  # before any calibration work
         if not in_place:
             model = copy.deepcopy(model)
         calib_ids = load_calibration(calibration, tokenizer)
@@ -91,8 +90,8 @@ def quantize_loaded(
         calib_record = calibration.record()
     else:
         if on_start:
-            on_start(len(linears))
-        qweights, reports = quantize_model_weights(model, scheme, "rtn", scale_dtype=store_dtype, progress=on_layer)
+            on_start(len(quantizable_linears(model, scheme)))
+        qweights, reports = quantize_model_weights(model, scheme, scale_dtype=store_dtype, progress=on_layer)
         calib_record = None
     record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": model_ref,
               "source_path": str(source), "calibration": calib_record}

@@ -23,7 +23,7 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales, input_statistics
 from quantstudy.quantize.gptq import accumulate_hessian, batch_xtx, gptq_quantize
 from quantstudy.quantize.model import LayerReport, is_ignored
-from quantstudy.quantize.primitives import QuantizedWeight, sqnr_db
+from quantstudy.quantize.primitives import QuantizedWeight
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.smoothquant import fold_smoothing, smoothing_scales
 from quantstudy.schemes import Scheme, Strategy
@@ -215,6 +215,14 @@ def _gptq_layer(layer, batches, local, scheme: Scheme, recipe: Recipe, scale_dty
     return out
 
 
+def _commit(module: nn.Linear, name: str, qw: QuantizedWeight, qweights: dict, reports: list) -> None:
+    """Record a quantized linear and make the module compute with its dequantized weight."""
+    w = module.weight.data
+    reports.append(LayerReport.measure(name, w, qw))
+    w.copy_(qw.dequantize(w.dtype))
+    qweights[name] = qw
+
+
 @torch.no_grad()
 def quantize_sequential(
     model: nn.Module,
@@ -248,12 +256,7 @@ def quantize_sequential(
         else:
             layer_q = {n: rtn_quantize(layer.get_submodule(n).weight.data, scheme.weights, scale_dtype) for n in local}
         for n, qw in layer_q.items():
-            module = layer.get_submodule(n)
-            w = module.weight.data
-            reports.append(LayerReport(f"{layer_prefix}.{n}", tuple(w.shape), sqnr_db(w, qw.dequantize()),
-                                       w.double().pow(2).sum().item()))
-            w.copy_(qw.dequantize(w.dtype))
-            qweights[f"{layer_prefix}.{n}"] = qw
+            _commit(layer.get_submodule(n), f"{layer_prefix}.{n}", qw, qweights, reports)
         batches = _run_layer(layer, batches)  # quantized outputs feed the next layer
         if on_layer:
             on_layer(layer_prefix)
@@ -261,11 +264,7 @@ def quantize_sequential(
     for name, module in model.named_modules():
         if (isinstance(module, nn.Linear) and name not in qweights and not name.startswith(prefix + ".")
                 and not is_ignored(name, scheme.ignore)):
-            w = module.weight.data
-            qweights[name] = rtn_quantize(w, scheme.weights, scale_dtype)
-            reports.append(LayerReport(name, tuple(w.shape), sqnr_db(w, qweights[name].dequantize()),
-                                       w.double().pow(2).sum().item()))
-            w.copy_(qweights[name].dequantize(w.dtype))
+            _commit(module, name, rtn_quantize(module.weight.data, scheme.weights, scale_dtype), qweights, reports)
     return qweights, reports
 
 
