@@ -1,0 +1,1 @@
+"""Serving speed and cost: vLLM engine runs, workloads, hardware catalogue, roofline model."""
