@@ -1,0 +1,1 @@
+"""Evaluation tasks: each turns its documents into backend requests and scores the answers."""
