@@ -190,6 +190,51 @@ def study(
               progress_factory=_progress)
 
 
+@app.command()
+@one_line_errors
+def evaluate(
+    model: str = typer.Option("smollm2-135m", help="Baseline: embedded model name, HF folder or .gguf file."),
+    variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
+    tasks: str = typer.Option("mmlu,arc_challenge,hellaswag,winogrande,gsm8k,humaneval,ifeval,ruler,ppl,kl",
+                              help="Comma-separated tasks."),
+    limit: Optional[int] = typer.Option(None, help="Items per task (per subject for MMLU); intervals widen "
+                                        "as it shrinks, and the table says so."),
+    chat_template: str = typer.Option("auto", help="auto: chat template for IFEval and RULER only; "
+                                      "on: every generative task; off: raw prompts."),
+    batch_size: int = typer.Option(16, help="Rows per forward pass."),
+    store: Path = typer.Option(Path("runs/evaluate.sqlite"), help="Results store: finished items are "
+                               "never recomputed."),
+    out: Path = typer.Option(Path("runs/evaluate.json"), help="Report as JSON."),
+    seed: int = typer.Option(0, help="Seed for bootstrap resampling and generated task items."),
+    dtype: str = typer.Option("float32", help="Evaluation dtype (float32 on CPU)."),
+) -> None:
+    """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
+
+    Tasks follow lm-eval's definitions over packaged data: MMLU 5-shot, ARC-Challenge,
+    HellaSwag, Winogrande (log-likelihood), GSM8K 8-shot CoT strict match, HumanEval pass@1
+    (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
+    divergence / top-1 agreement against the baseline on held-out WikiText.
+    """
+    import json
+
+    from quantstudy.evaluate.registry import parse_tasks
+    from quantstudy.evaluate.report_table import evaluation_table
+    from quantstudy.evaluate.runner import EvalSettings, evaluate_models
+
+    settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
+                            batch_size=batch_size, dtype=dtype)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        report = evaluate_models(model, variant, settings, store, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    table, notes = evaluation_table(report)
+    console.print(table)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"report: {out}   store: {store}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

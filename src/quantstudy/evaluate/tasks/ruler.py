@@ -17,7 +17,7 @@ from quantstudy.evaluate.records import GenerateRequest, ItemResult
 
 NAME = "ruler"
 VERSION = "niah_single-v1"
-DEFAULT_LENGTHS = (512, 1024, 2048)
+DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # RULER's niah template (synthetic/constants.py) with its answer prefix.
 TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "

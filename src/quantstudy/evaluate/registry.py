@@ -1,0 +1,173 @@
+"""Every evaluation task behind one small interface: load items, name them, run them.
+
+A `TaskSpec` knows how to list its items for a given limit (`load`), the stable id of each
+(`item_id`) and how to score a subset of them on one model (`run`). That is what lets the
+runner skip items already in the results store and compute only the rest. The task
+modules themselves follow lm-eval's definitions; this file only adapts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.evaluate.records import ItemResult
+
+
+@dataclass
+class EvalContext:
+    """What tasks may need beyond a backend: the model pair, tokenizer, limits, templates."""
+
+    tokenizer: Any
+    model: Any
+    baseline_model: Any = None    # set for variants (the KL task compares against it)
+    limit: int | None = None
+    seed: int = 0
+    chat: str = "auto"            # "auto" (instruction tasks only), "on" (every generative task), "off"
+    max_context: int = 2048
+    ppl_seq_len: int = 512
+    batch_size: int = 8
+
+    def apply_chat(self, task: str):
+        """The chat-template wrapper for a generative task, or None for a raw prompt."""
+        if self.chat == "off" or (self.chat == "auto" and task not in CHAT_BY_DEFAULT):
+            return None
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+
+        def wrap(text: str) -> str:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return wrap
+
+
+# Tasks written as chat requests; GSM8K few-shot and HumanEval completion are raw-prompt
+# formats in lm-eval, multiple choice is scored by likelihood.
+CHAT_BY_DEFAULT = {"ifeval", "ruler"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    version: str
+    load: Callable[[EvalContext], list]
+    item_id: Callable[[Any], str]
+    run: Callable[[Any, list, EvalContext], list[ItemResult]]
+    metric: str = "accuracy"        # "accuracy" (higher better, recovery), "perplexity", "divergence"
+    needs_baseline: bool = False    # only meaningful for a variant (KL)
+
+    def version_for(self, ctx: EvalContext) -> str:
+        chat = "chat" if ctx.apply_chat(self.name) else "raw"
+        extra = f"|len{ctx.ppl_seq_len}" if self.metric in ("perplexity", "divergence") else ""
+        return f"{self.version}|{chat}{extra}"
+
+
+def _mc(name: str) -> TaskSpec:
+    from quantstudy.evaluate.tasks import multiple_choice as mc
+
+    task = mc.MC_TASKS[name]
+    shots = getattr(task, "default_fewshot", 0)
+    return TaskSpec(name, f"{name}-{shots}shot-lmeval0.4.13", lambda ctx: task.load_docs(ctx.limit),
+                    lambda doc: str(doc["id"]), lambda backend, docs, ctx: mc.score_docs(task, docs, backend, None))
+
+
+def _gsm8k() -> TaskSpec:
+    from quantstudy.evaluate.tasks import gsm8k
+
+    def run(backend, docs, ctx):
+        return gsm8k.score(docs, backend.generate(gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k"))))
+    return TaskSpec("gsm8k", gsm8k.VERSION, lambda ctx: gsm8k.load_docs(ctx.limit), lambda d: str(d["id"]), run)
+
+
+def _humaneval() -> TaskSpec:
+    from quantstudy.evaluate.tasks import humaneval
+
+    def run(backend, problems, ctx):
+        return humaneval.score(problems, backend.generate(humaneval.requests(problems)))
+    return TaskSpec("humaneval", "humaneval-pass@1-greedy-v1", lambda ctx: humaneval.load_problems(ctx.limit),
+                    lambda p: p["task_id"], run)
+
+
+def _ifeval() -> TaskSpec:
+    from quantstudy.evaluate.tasks import ifeval
+
+    def run(backend, prompts, ctx):
+        gens = backend.generate(ifeval.requests(prompts, apply_chat=ctx.apply_chat("ifeval")))
+        return ifeval.score(prompts, [g.text for g in gens], [g.num_tokens for g in gens])
+    return TaskSpec("ifeval", "ifeval-quantstudy130-v1", lambda ctx: ifeval.load_prompts(ctx.limit),
+                    lambda p: str(p["key"]), run)
+
+
+def _ruler() -> TaskSpec:
+    from quantstudy.evaluate.tasks import ruler
+
+    def load(ctx):
+        items = ruler.build_items(ctx.tokenizer, ctx.max_context, seed=ctx.seed)
+        return items[:ctx.limit] if ctx.limit is not None else items
+
+    def run(backend, items, ctx):
+        return ruler.score(items, backend.generate(ruler.requests(items, apply_chat=ctx.apply_chat("ruler"))))
+    return TaskSpec("ruler", ruler.VERSION, load, lambda item: item["id"], run)
+
+
+def _windows(ctx: EvalContext):
+    from quantstudy.evaluate.perplexity import token_windows
+    from quantstudy.quantize.calibration import heldout_texts
+
+    windows = token_windows(ctx.tokenizer, heldout_texts("wikitext"), ctx.ppl_seq_len)
+    n = len(windows) if ctx.limit is None else min(len(windows), ctx.limit)
+    return [(str(i), windows[i]) for i in range(n)]
+
+
+def _stack(items):
+    import torch
+
+    return torch.stack([w for _, w in items])
+
+
+def _ppl() -> TaskSpec:
+    from quantstudy.evaluate.perplexity import perplexity_items
+
+    def run(backend, items, ctx):
+        results = perplexity_items(ctx.model, _stack(items), ctx.batch_size)
+        return [_renamed(r, i) for r, (i, _) in zip(results, items)]
+    return TaskSpec("ppl", "wikitext-heldout-v1", _windows, lambda item: item[0], run, metric="perplexity")
+
+
+def _kl() -> TaskSpec:
+    from quantstudy.evaluate.perplexity import kl_items
+
+    def run(backend, items, ctx):
+        results = kl_items(ctx.baseline_model, ctx.model, _stack(items), ctx.batch_size)
+        return [_renamed(r, i) for r, (i, _) in zip(results, items)]
+    return TaskSpec("kl", "wikitext-heldout-v1", _windows, lambda item: item[0], run, metric="divergence",
+                    needs_baseline=True)
+
+
+def _renamed(result: ItemResult, item_id: str) -> ItemResult:
+    from dataclasses import replace
+
+    return replace(result, item_id=item_id)
+
+
+_BUILDERS = {"mmlu": lambda: _mc("mmlu"), "arc_challenge": lambda: _mc("arc_challenge"),
+             "hellaswag": lambda: _mc("hellaswag"), "winogrande": lambda: _mc("winogrande"),
+             "gsm8k": _gsm8k, "humaneval": _humaneval, "ifeval": _ifeval, "ruler": _ruler,
+             "ppl": _ppl, "kl": _kl}
+TASK_NAMES = tuple(_BUILDERS)
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in _BUILDERS:
+        raise QuantstudyError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
+    return _BUILDERS[name]()
+
+
+def parse_tasks(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise QuantstudyError("no tasks given")
+    for name in names:
+        get_task(name)   # raises with the known names
+    return list(dict.fromkeys(names))
