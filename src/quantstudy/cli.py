@@ -235,6 +235,44 @@ def evaluate(
     console.print(f"report: {out}   store: {store}")
 
 
+@app.command()
+@one_line_errors
+def predict(
+    model_config: str = typer.Option("llama-3.1-8b", help="Known shape (llama-3.1-8b/70b/405b), a config.json, "
+                                     "a model folder, or an embedded model name."),
+    gpu: str = typer.Option("a6000,a100,h100", help="Comma-separated hardware: a6000, a100, l40s, h100, h200, "
+                            "b200, or cpu (this machine, measured once)."),
+    format_: str = typer.Option("bf16,w8a8-fp8,w8a8-int8,w4a16", "--format", help="Comma-separated formats."),
+    use_case: str = typer.Option("code-completion,instruction-following",
+                                 help="Comma-separated use cases, or 'all' (the paper's seven)."),
+) -> None:
+    """Predict serving latency, throughput, GPU count and queries per dollar with the roofline model.
+
+    For hardware not at hand: datasheet ceilings times efficiencies fitted to the paper's
+    published A6000 runs and measured on an H200 (see README). Formats a card cannot run
+    natively are flagged (preflight), and predicted with the fallback kernel vLLM uses.
+    """
+    from quantstudy.bench.roofline import USE_CASES, resolve_hardware
+    from quantstudy.bench.views import preflight_notes, prediction_table, resolve_shape
+
+    shape = resolve_shape(model_config)
+    hardwares = [h.strip() for h in gpu.split(",") if h.strip()]
+    if "cpu" in hardwares:
+        from quantstudy.bench.cpu import measure_cpu
+        hardwares = [measure_cpu() if h == "cpu" else h for h in hardwares]
+    for h in hardwares:
+        resolve_hardware(h)
+    formats = [f.strip() for f in format_.split(",") if f.strip()]
+    cases = list(USE_CASES) if use_case == "all" else [u.strip() for u in use_case.split(",") if u.strip()]
+    unknown = [u for u in cases if u not in USE_CASES]
+    if unknown:
+        raise QuantstudyError(f"unknown use case {unknown[0]!r}; known: {', '.join(USE_CASES)}")
+    for case in cases:
+        console.print(prediction_table(model_config, shape, formats, hardwares, case))
+    for note in preflight_notes(formats, hardwares):
+        console.print(f"[yellow]preflight:[/] {note}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
