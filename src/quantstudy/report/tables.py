@@ -1,0 +1,230 @@
+"""Paper-style tables from a study-results dict, rendered as Markdown, CSV and HTML.
+
+Each table keeps two views of the same rows: `rows`, formatted for people (percentages,
+intervals in brackets, thousands separators), and `records`, raw numbers for machines
+(CSV). Both have one entry per task / variant / measurement, in the same order, so the
+Markdown and CSV files describe the same thing at the same granularity.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass, field
+
+from quantstudy.recommend import BASELINE, Recommendation, measured_points, predicted_rows
+
+SIMILARITY = (("rouge1", "ROUGE-1"), ("rougeL", "ROUGE-L"), ("bertscore", "BERTScore"), ("sts", "STS"))
+
+
+@dataclass
+class Table:
+    name: str                       # file stem: tables/<name>.md / .csv
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+    def add(self, row: list[str], record: dict) -> None:
+        self.rows.append(row)
+        self.records.append(record)
+
+    def markdown(self) -> str:
+        def cell(x: str) -> str:  # a pipe or newline inside a cell would break the row
+            return str(x).replace("|", "\\|").replace("\n", " ")
+
+        lines = [f"### {self.title}", "", "| " + " | ".join(map(cell, self.columns)) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        keys = list(dict.fromkeys(k for r in self.records for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, keys, lineterminator="\n")
+        writer.writeheader()
+        for r in self.records:
+            writer.writerow({k: _csv_value(r.get(k)) for k in keys})
+        return buf.getvalue()
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
+        return f'<table><caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>' \
+               f"<tbody>{body}</tbody></table>"
+
+
+def _csv_value(x):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.6g}" if isinstance(x, float) else x
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def pct_ci(x, ci) -> str:
+    return pct(x) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci and x is not None else "")
+
+
+def num(x, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+
+
+def ms(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{1e3 * x:,.0f}"
+
+
+def variant_names(results: dict) -> list[str]:
+    return [v["name"] for v in results.get("variants") or []]
+
+
+def variant_label(results: dict, name: str) -> str:
+    if name == BASELINE:
+        return "BF16"
+    v = next((v for v in results.get("variants") or [] if v["name"] == name), {})
+    return v.get("label") or name
+
+
+# ---- the tables -------------------------------------------------------------------------------
+
+def variants_table(results: dict) -> Table:
+    t = Table("variants", "Variants", ["variant", "format", "algorithm", "size (GB)", "size vs BF16"])
+    for v in results.get("variants") or []:
+        t.add([v.get("label") or v["name"], v["format"], v.get("algorithm", ""), num(v.get("size_bytes", 0) / 1e9),
+               f"{v['size_vs_bf16']:.2f}×" if v.get("size_vs_bf16") is not None else "–"],
+              {k: v.get(k) for k in ("name", "format", "label", "algorithm", "size_bytes", "size_vs_bf16")})
+    return t
+
+
+def accuracy_table(results: dict) -> Table:
+    """Rows tasks, columns BF16 + per variant score, recovery [CI], flips and verdict; an average row."""
+    ev = results.get("evaluate") or {}
+    names = variant_names(results)
+    cols = ["task", "n", "BF16"]
+    for n in names:
+        label = variant_label(results, n)
+        cols += [f"{label}", f"{label} recovery % [95% CI]", f"{label} flips −/+", f"{label} verdict"]
+    t = Table("accuracy", "Accuracy: score and recovery (variant / BF16) per task, 95% paired bootstrap", cols)
+    for task, e in (ev.get("tasks") or {}).items():
+        metric = e.get("metric")
+        base = e.get("baseline")
+        row = [task, str(e.get("n", "")), (pct(base) if metric == "accuracy" else
+                                           f"ppl {num(base)}" if metric == "perplexity" else "–")]
+        rec = {"task": task, "metric": metric, "n": e.get("n"), "baseline": base}
+        for n in names:
+            c = e.get("variants", {}).get(n)
+            if c is None:
+                row += ["–"] * 4
+            elif metric == "accuracy":
+                row += [pct(c["variant_mean"]), pct_ci(c["recovery"], c["recovery_ci"]),
+                        f"{c['flips_right_to_wrong']}/{c['flips_wrong_to_right']}", c["verdict"]]
+            elif metric == "perplexity":
+                row += [f"ppl {num(c['variant'])}", pct_ci(c["recovery"], c["recovery_ci"]), "", c["verdict"]]
+            else:  # divergence: no baseline score, agreement with the baseline instead
+                row += [f"KL {c['kl']:.4f}", f"top-1 agree {pct_ci(c['top1_agreement'], c['top1_ci'])}", "", ""]
+            c = c or {}
+            score = c.get("variant_mean", c.get("variant", c.get("kl")))
+            ci = c.get("recovery_ci") or [None, None]
+            if "top1_agreement" in c:
+                rec[f"{n}_top1_agreement"] = c["top1_agreement"]
+            rec.update({f"{n}_score": score, f"{n}_recovery": c.get("recovery"),
+                        f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1],
+                        f"{n}_flips_right_to_wrong": c.get("flips_right_to_wrong"),
+                        f"{n}_flips_wrong_to_right": c.get("flips_wrong_to_right"), f"{n}_verdict": c.get("verdict")})
+        t.add(row, rec)
+    avg = ev.get("average") or {}
+    if avg:
+        first = next(iter(avg.values()))
+        row = ["average", "", pct(first["baseline_mean"])]
+        rec = {"task": "average", "metric": "accuracy", "n": None, "baseline": first["baseline_mean"]}
+        for n in names:
+            a = avg.get(n)
+            row += ["–"] * 4 if a is None else [pct(a["variant_mean"]), pct_ci(a["recovery"], a["recovery_ci"]), "",
+                                                a["verdict"]]
+            a = a or {}
+            ci = a.get("recovery_ci") or [None, None]
+            rec.update({f"{n}_score": a.get("variant_mean"), f"{n}_recovery": a.get("recovery"),
+                        f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1], f"{n}_verdict": a.get("verdict")})
+        t.add(row, rec)
+    return t
+
+
+def accuracy_notes(results: dict) -> list[str]:
+    ev = results.get("evaluate") or {}
+    notes = [f"{task} / {n}: {note}" for task, e in (ev.get("tasks") or {}).items()
+             for n, c in e.get("variants", {}).items() for note in c.get("notes", [])]
+    return notes + [f"average / {n}: {note}" for n, a in (ev.get("average") or {}).items() for note in a["notes"]]
+
+
+def similarity_table(results: dict) -> Table:
+    cols = ["variant", "n", *(label for _, label in SIMILARITY), "exact match %", "median first divergence"]
+    t = Table("similarity", "Text similarity to BF16 outputs (mean [95% CI])", cols)
+    for v in (results.get("compare") or {}).get("variants") or []:
+        a = v["aggregates"]
+        fd = a.get("first_divergence")
+        t.add([variant_label(results, v["name"]), str(a["n"]),
+               *(f"{a[m]['mean']:.3f} [{a[m]['ci'][0]:.3f}, {a[m]['ci'][1]:.3f}]" for m, _ in SIMILARITY),
+               pct(a["exact_match"]["mean"]), "–" if fd is None else f"{fd['median']:.0f} tokens"],
+              {"variant": v["name"], "n": a["n"],
+               **{k: x for m, _ in SIMILARITY for k, x in ((m, a[m]["mean"]), (f"{m}_lo", a[m]["ci"][0]),
+                                                         (f"{m}_hi", a[m]["ci"][1]))},
+               "exact_match": a["exact_match"]["mean"], "first_divergence_median": fd and fd["median"]})
+    return t
+
+
+def measured_table(results: dict) -> Table:
+    hw = (results.get("bench") or {}).get("hardware", "")
+    cols = ["format", "use case", "tokens", "scale", "profile", "GPUs", "req/s", "out tok/s", "TTFT p50 ms",
+            "TTFT p90 ms", "ITL p50 ms", "ITL p90 ms", "E2E p50 ms", "E2E p90 ms"]
+    t = Table("performance_measured", f"Measured serving performance on {hw}", cols)
+    for p in measured_points(results):
+        t.add([p["fmt"], str(p["use_case"]), f"{p['prompt_tokens']}/{p['output_tokens']}", f"{p['scale']:g}",
+               p["profile"], str(p["gpus"]), num(p["requests_per_s"]), num(p["output_tokens_per_s"], 1),
+               ms(p["ttft_median_s"]), ms(p["ttft_p90_s"]), ms(p["itl_median_s"]), ms(p["itl_p90_s"]),
+               ms(p["e2e_median_s"]), ms(p["e2e_p90_s"])], {"hardware": hw, **p})
+    return t
+
+
+def predicted_table(results: dict) -> Table:
+    cols = ["shape", "hardware", "use case", "format", "support", "GPUs", "$/h", "sync latency s", "sync q/$",
+            "async req/s", "async q/$ (GPUs)"]
+    t = Table("performance_predicted", "Predicted serving cost (roofline model)", cols)
+    for r in predicted_rows(results):
+        runs = bool(r.get("gpus"))
+        t.add([str(r.get("shape")), r["hardware"], str(r.get("use_case")), r["fmt"], r["status"],
+               str(r["gpus"]) if runs else "–", num(r["usd_per_hour"]) if runs else "–",
+               num(r["latency_s"]) if runs else "–", num(r["sync_queries_per_usd"], 0) if runs else "–",
+               num(r["requests_per_s"]) if runs else "–",
+               f"{num(r['async_queries_per_usd'], 0)} ({r.get('async_gpus')})" if runs else "–"],
+              {k: r.get(k) for k in ("shape", "hardware", "use_case", "fmt", "status", "gpus", "usd_per_hour",
+                                     "latency_s", "sync_queries_per_usd", "requests_per_s", "async_queries_per_usd",
+                                     "async_gpus", "note")})
+    return t
+
+
+def recommendation_table(rec: Recommendation | None) -> Table:
+    groups = list(rec.deployment["min_recovery"]) if rec else []
+    qcol = "queries/$" if not rec or rec.deployment["mode"] == "sync" else "async queries/$"
+    cols = ["candidate", "format", "support", "recovery % [95% CI]",
+            *(f"{g} recovery %" for g in groups if g != "average"), qcol, "source", "latency s", "GPUs", "$/h",
+            "Pareto", "feasible", "why not / caveats"]
+    t = Table("recommendation", "Recommendation: candidates under the deployment constraints", cols)
+    for c in rec.candidates if rec else ():
+        mark = "chosen" if c.name == rec.chosen else ("yes" if c.feasible else "no")
+        recovery = "100 (reference)" if c.name == BASELINE else pct_ci(c.recovery, c.recovery_ci)
+        t.add([c.label, c.fmt, c.status, recovery,
+               *(pct(c.groups[g]["recovery"]) for g in groups if g != "average"), num(c.queries_per_usd, 0),
+               c.source or "–", num(c.latency_s), str(c.gpus or "–"), num(c.usd_per_hour),
+               "front" if c.on_front else "", mark, "; ".join(c.reasons + c.warnings)],
+              {"candidate": c.name, "format": c.fmt, "status": c.status, "recovery": c.recovery,
+               "recovery_lo": c.recovery_ci[0] if c.recovery_ci else None,
+               "recovery_hi": c.recovery_ci[1] if c.recovery_ci else None,
+               **{f"{g}_recovery": c.groups[g]["recovery"] for g in groups if g != "average"},
+               "queries_per_usd": c.queries_per_usd, "source": c.source, "latency_s": c.latency_s, "gpus": c.gpus,
+               "usd_per_hour": c.usd_per_hour, "on_front": c.on_front, "feasible": c.feasible,
+               "chosen": c.name == rec.chosen, "reasons": "; ".join(c.reasons), "warnings": "; ".join(c.warnings)})
+    return t
