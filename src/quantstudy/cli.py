@@ -273,6 +273,88 @@ def predict(
         console.print(f"[yellow]preflight:[/] {note}", highlight=False)
 
 
+@app.command()
+@one_line_errors
+def bench(
+    model: str = typer.Option("smollm2-135m", help="Baseline model (served as BF16); embedded name or folder."),
+    variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
+    use_cases: str = typer.Option("instruction-following", help="Comma-separated use cases, or 'all'."),
+    mode: str = typer.Option("sync", help="sync (one request at a time), async (fixed concurrency), "
+                             "poisson (rate sweep, --rates), throughput (all at once); comma-separated."),
+    scale: float = typer.Option(1.0, help="Shrink the use cases' token counts (e.g. 0.125 on a CPU)."),
+    requests: int = typer.Option(8, help="Requests per run."),
+    concurrency: int = typer.Option(8, help="Streams for the async mode."),
+    rates: str = typer.Option("", help="Requests/s for the poisson mode, comma-separated."),
+    url: Optional[str] = typer.Option(None, help="Attach to a running OpenAI-compatible endpoint instead "
+                                      "of starting vLLM (one model)."),
+    vllm_python: Optional[str] = typer.Option(None, help="Python (or command) of the vLLM environment; "
+                                              "default .venv-vllm or $QUANTSTUDY_VLLM_PYTHON."),
+    slo_ttft: Optional[float] = typer.Option(None, help="Goodput SLO: time to first token, seconds."),
+    slo_itl: Optional[float] = typer.Option(None, help="Goodput SLO: inter-token latency, seconds."),
+    out: Path = typer.Option(Path("runs/bench.json"), help="Results as JSON."),
+) -> None:
+    """Serving latency and throughput on vLLM for the paper's use cases, per format.
+
+    Starts `vllm serve` (the API server) for the baseline and each variant in turn, from the
+    vLLM environment, drives it with streaming requests of exact token counts, and shuts it
+    down. Formats the engine cannot run on this hardware are skipped with the reason.
+    """
+    import json
+
+    from quantstudy.bench.cpu import measure_cpu
+    from quantstudy.bench.preflight import preflight
+    from quantstudy.bench.roofline import USE_CASES
+    from quantstudy.bench.runner import bench_table, checkpoint_format, run_bench
+    from quantstudy.models import resolve_model
+    from quantstudy.schemes import PRESETS
+
+    modes = {"sync": "synchronous", "async": "concurrent"}
+    profile_names = [modes.get(m.strip(), m.strip()) for m in mode.split(",") if m.strip()]
+    cases = list(USE_CASES) if use_cases == "all" else [u.strip() for u in use_cases.split(",") if u.strip()]
+    rate_values = [float(r) for r in rates.split(",") if r.strip()]
+    folders = [Path(resolve_model(model))] + [Path(v) for v in variant]
+    hardware = measure_cpu() if url is None else None
+    results = []
+    for folder in folders:
+        fmt = checkpoint_format(folder)
+        if hardware is not None and fmt in ("bf16", *PRESETS):
+            support = preflight(fmt, hardware)
+            if not support.runs:
+                err_console.print(f"[yellow]skip[/] {folder.name} ({fmt}): {support.reason}", highlight=False)
+                continue
+            if support.status != "native":
+                err_console.print(f"[yellow]preflight[/] {fmt}: {support.reason}", highlight=False)
+        err_console.print(f"serving {folder.name} ({fmt}) …")
+        results += run_bench(folder, None, cases, profile_names, scale=scale, requests=requests,
+                             concurrency=concurrency, rates=rate_values, url=url, python=vllm_python,
+                             slo_ttft_s=slo_ttft, slo_itl_s=slo_itl, fmt=fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    console.print(bench_table(results))
+    console.print(f"results: {out}")
+
+
+@app.command()
+@one_line_errors
+def report(
+    results: Path = typer.Argument(..., help="A study's results JSON (runs/study/results.json)."),
+    out: Path = typer.Option(Path("runs/study/report"), help="Folder for report.html, tables/ and results.json."),
+) -> None:
+    """Rebuild the HTML report, the paper-style tables (Markdown, CSV) and the JSON from study results."""
+    import json
+
+    from quantstudy.report import build_report
+
+    if not results.is_file():
+        raise QuantstudyError(f"no results file at {results}")
+    try:
+        data = json.loads(results.read_text())
+    except ValueError as exc:
+        raise QuantstudyError(f"{results} is not valid JSON: {exc}") from None
+    paths = build_report(data, out)
+    console.print(f"report: {paths['report.html']}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
