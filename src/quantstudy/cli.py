@@ -275,6 +275,34 @@ def predict(
 
 @app.command()
 @one_line_errors
+def compare(
+    model: str = typer.Option("smollm2-135m", help="Baseline: embedded model name, HF folder or .gguf file."),
+    variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
+    limit: Optional[int] = typer.Option(None, help="Prompts to use (of 228; balanced across categories)."),
+    max_new_tokens: int = typer.Option(256, help="Greedy tokens per answer (same for every model)."),
+    examples: int = typer.Option(3, help="Most divergent examples to show side by side."),
+    batch_size: int = typer.Option(8, help="Prompts per generation batch."),
+    store: Path = typer.Option(Path("runs/compare.sqlite"), help="Generations cache: done prompts are skipped."),
+    out: Path = typer.Option(Path("runs/compare.json"), help="Report as JSON."),
+    seed: int = typer.Option(0, help="Seed for the bootstrap intervals."),
+) -> None:
+    """How the variants' generated text differs from the baseline's on open-ended prompts.
+
+    Greedy answers with the chat template, then per prompt: ROUGE-1/L, BERTScore (packaged
+    all-MiniLM-L6-v2, last layer; not on RoBERTa-large's scale), semantic similarity
+    (sentence-embedding cosine), exact match and the first diverging token; means with
+    bootstrap intervals, and the most divergent examples side by side.
+    """
+    from quantstudy.compare.runner import run_compare_cli
+
+    if limit is not None and limit < 1:
+        raise QuantstudyError(f"--limit must be at least 1, got {limit}")
+    run_compare_cli(model, variant, store=store, limit=limit, max_new_tokens=max_new_tokens, seed=seed, out=out,
+                    examples=examples, batch_size=batch_size, console=console)
+
+
+@app.command()
+@one_line_errors
 def bench(
     model: str = typer.Option("smollm2-135m", help="Baseline model (served as BF16); embedded name or folder."),
     variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),

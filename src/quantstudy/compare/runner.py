@@ -1,0 +1,208 @@
+"""The compare stage: how a quantized model's greedy text differs from the baseline's.
+
+`compare_models` generates (or reads from the store) the baseline's and each variant's
+answers to the same prompts, scores each variant's answer against the baseline's, and
+returns a JSON-able report: per variant the aggregates, per-category means, every prompt's
+scores and the most divergent examples. `compare_table` and `side_by_side` render it with
+rich; `run_compare_cli` is what `quantstudy compare` calls.
+
+Metrics are recomputed from stored generations on every run (seconds), so a rerun with a
+different seed or example count touches no language model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from quantstudy.compare.generate import DEFAULT_MAX_NEW_TOKENS, TokenBackend, generate_cached
+from quantstudy.compare.metrics import SIMILARITY, TextSimilarity, aggregate
+from quantstudy.compare.prompts import PROMPT_FILE, load_prompts
+from quantstudy.errors import QuantstudyError
+from quantstudy.store import ResultStore
+
+LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "bertscore": "BERTScore", "sts": "STS"}
+
+
+def _variant_loader(folder: Path, dtype: str) -> tuple[Callable[[], object], str, str | None]:
+    """(model loader, how-loaded tag, scheme label): fake-quant for a quantized checkpoint,
+    plain loading for a float folder (a BF16 copy, another baseline)."""
+    import torch
+
+    from quantstudy.models.loading import read_config
+
+    if "quantization_config" in read_config(folder):
+        from quantstudy.quantize.checkpoint import load_fake_quant_model, read_checkpoint_info
+
+        info = read_checkpoint_info(folder)
+        algorithm = (info.recipe or {}).get("algorithm")
+        label = info.scheme.label + (f" ({algorithm})" if algorithm else "")
+        return (lambda: load_fake_quant_model(folder, dtype=getattr(torch, dtype))[0]), "fakequant", label
+    from quantstudy.models import load_model
+
+    return (lambda: load_model(folder, dtype=dtype)[0]), "float", None
+
+
+def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[str | Path] = (),
+                   store_path: str | Path = "runs/compare.sqlite", limit: int | None = None,
+                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0, progress=None, *,
+                   dtype: str = "float32", batch_size: int = 8, n_examples: int = 5, n_bootstrap: int = 2000,
+                   prompts_path: str | Path = PROMPT_FILE, similarity: TextSimilarity | None = None,
+                   backend_factory=TokenBackend) -> dict:
+    """Generate (cached) and compare; see the module docstring for the report's shape."""
+    from transformers import AutoTokenizer
+
+    from quantstudy.models import load_model, resolve_model
+
+    variant_dirs = [Path(v) for v in variant_dirs]
+    if not variant_dirs:
+        raise QuantstudyError("nothing to compare: pass at least one --variant folder")
+    names = [v.name for v in variant_dirs]
+    if len(set(names)) != len(names):
+        raise QuantstudyError("variant folders must have distinct names (they label the results)")
+    for v in variant_dirs:
+        if not (v / "config.json").is_file():
+            raise QuantstudyError(f"variant {v} is not a model folder (no config.json)")
+    prompts = load_prompts(limit, prompts_path)
+    common = dict(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                  backend_factory=backend_factory)
+
+    with ResultStore(store_path) as store:
+        base_folder = resolve_model(baseline_ref)
+        tokenizer = AutoTokenizer.from_pretrained(base_folder, trust_remote_code=False)
+        base_id = f"{store.fingerprint(base_folder)}:{dtype}"
+        base = generate_cached(store, base_id, lambda: load_model(base_folder, dtype=dtype)[0], tokenizer,
+                               label="baseline", **common)
+        variants = []
+        for name, folder in zip(names, variant_dirs):
+            var_tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+            if var_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise QuantstudyError(f"variant {name} has a different tokenizer from the baseline")
+            loader, how, scheme = _variant_loader(folder, dtype)
+            var_id = f"{store.fingerprint(folder)}:{how}:{dtype}"
+            gens = generate_cached(store, var_id, loader, var_tokenizer, label=name, **common)
+            variants.append((name, folder, var_id, scheme, gens))
+
+    scorer = similarity or TextSimilarity()
+    report = {
+        "baseline": {"ref": str(baseline_ref), "folder": str(base_folder), "model_id": base_id},
+        "settings": {"limit": limit, "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "seed": seed,
+                     "dtype": dtype, "batch_size": batch_size, "n_bootstrap": n_bootstrap,
+                     "prompts": str(prompts_path), "bertscore": "all-MiniLM-L6-v2 layer 6, not rescaled"},
+        "variants": [],
+    }
+    for name, folder, var_id, scheme, gens in variants:
+        rows = scorer.score([g["text"] for g in base], [g["text"] for g in gens],
+                            [g["tokens"] for g in base], [g["tokens"] for g in gens])
+        per_prompt = [{"id": p.id, "category": p.category, **row} for p, row in zip(prompts, rows)]
+        report["variants"].append({
+            "name": name, "folder": str(folder), "model_id": var_id, "scheme": scheme,
+            "aggregates": aggregate(rows, n_bootstrap=n_bootstrap, seed=seed),
+            "per_category": _per_category(per_prompt),
+            "examples": _most_divergent(prompts, base, gens, rows, n_examples),
+            "per_prompt": per_prompt,
+            "exact_tokens": all(g.get("exact_tokens", False) for g in (*base, *gens)),
+        })
+    return report
+
+
+def _per_category(per_prompt: list[dict]) -> dict:
+    out = {}
+    for cat in dict.fromkeys(r["category"] for r in per_prompt):
+        rows = [r for r in per_prompt if r["category"] == cat]
+        out[cat] = {"n": len(rows), **{m: sum(r[m] for r in rows) / len(rows) for m in SIMILARITY},
+                    "exact_match": sum(r["exact_match"] for r in rows) / len(rows)}
+    return out
+
+
+def _most_divergent(prompts, base, gens, rows, k: int) -> list[dict]:
+    """The k prompts whose answers differ most in meaning (lowest STS, then ROUGE-L)."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["sts"], rows[i]["rougeL"], prompts[i].id))
+    return [{"id": prompts[i].id, "category": prompts[i].category, "prompt": prompts[i].prompt,
+             "baseline": base[i]["text"], "variant": gens[i]["text"],
+             **{m: rows[i][m] for m in (*SIMILARITY, "first_divergence")}}
+            for i in order[:max(0, k)] if not rows[i]["exact_match"]]
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+def _ci(stat: dict) -> str:
+    lo, hi = stat["ci"]
+    return f"{stat['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def compare_table(report: dict):
+    """One row per variant: similarity means with 95% intervals, exact match, divergence."""
+    from rich.table import Table
+
+    s = report["settings"]
+    table = Table(title=f"Text similarity to the baseline ({s['n_prompts']} prompts, greedy, "
+                        f"≤{s['max_new_tokens']} new tokens; mean [95% CI])")
+    table.add_column("variant")
+    for m in SIMILARITY:
+        table.add_column(LABELS[m] + ("*" if m == "bertscore" else ""), justify="right")
+    table.add_column("exact match", justify="right")
+    table.add_column("median first divergence", justify="right")
+    for v in report["variants"]:
+        a = v["aggregates"]
+        fd = a.get("first_divergence")
+        table.add_row(v["name"], *(_ci(a[m]) for m in SIMILARITY), f"{a['exact_match']['mean']:.1%}",
+                      "-" if fd is None else f"{fd['median']:.0f} tokens")
+    table.caption = ("*BERTScore with all-MiniLM-L6-v2 (layer 6, no rescaling): not on the scale of "
+                     "published RoBERTa-large BERTScores")
+    return table
+
+
+def side_by_side(report: dict, k: int = 3):
+    """The k most divergent examples of each variant: prompt, baseline and variant text."""
+    from rich.console import Group
+    from rich.table import Table
+
+    parts = []
+    for v in report["variants"]:
+        for ex in v["examples"][:k]:
+            t = Table(title=f"{v['name']} · {ex['id']} ({ex['category']}): STS {ex['sts']:.2f}, "
+                            f"ROUGE-L {ex['rougeL']:.2f}, diverges at token {ex['first_divergence']}",
+                      show_lines=True, expand=True, title_justify="left")
+            t.add_column("baseline", ratio=1)
+            t.add_column(v["name"], ratio=1)
+            t.add_row(f"[dim]{_clip(ex['prompt'], 300)}[/]", "")
+            t.add_row(_escape(ex["baseline"]), _escape(ex["variant"]))
+            parts.append(t)
+    return Group(*parts)
+
+
+def _clip(text: str, n: int) -> str:
+    return _escape(text if len(text) <= n else text[:n] + "…")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def run_compare_cli(model: str, variants: Sequence[str | Path], store: str | Path = "runs/compare.sqlite",
+                    limit: int | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0,
+                    out: str | Path | None = "runs/compare.json", examples: int = 3, batch_size: int = 8,
+                    dtype: str = "float32", console=None) -> dict:
+    """Run the stage with a progress bar, print the table and examples, write the JSON report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        report = compare_models(model, variants, store, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
+                                progress=progress, dtype=dtype, batch_size=batch_size,
+                                n_examples=max(examples, 5))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
+    console.print(compare_table(report))
+    if examples > 0:
+        console.print(side_by_side(report, examples))
+    if out:
+        console.print(f"report: {out}   store: {store}")
+    return report
