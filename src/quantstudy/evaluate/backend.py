@@ -9,12 +9,12 @@ differs is how much work the model does:
   collapse to one row (MMLU's one-token answers " A".." D"); rows whose prefixes overlap are
   clustered around their common prefix (all options of one question; all questions of an
   MMLU subject, which share the 5-shot prompt; Winogrande's two fillings).
-* **Packing, no padding.** A forward is one sequence of up to `max_tokens` tokens holding
-  several segments under a block attention mask (each row sees its cluster's prefix and
-  itself, causally), with position ids restarting per sequence. Small clusters go whole into
-  shared packs; a large one (an MMLU subject) runs its prefix once into a KV cache and its
-  rows in packs against it. On CPU this beats padded batches: no token is computed twice
-  or for padding, and the packs are short enough that the masked attention costs little.
+* **Packing.** Segments are packed into bins of about `max_tokens` tokens under a block
+  attention mask (each row sees its cluster's prefix and itself, causally; position ids per
+  segment), `batch_size` bins per forward. Small clusters go whole into bins (first-fit
+  decreasing, so little padding); a large one (an MMLU subject) runs its prefix once into a
+  KV cache and its rows in bins against it. Bins stay short because masked attention still
+  costs the full bin length squared.
 * **Logits only where scored.** `logits_to_keep` keeps the LM head and log-softmax off
   context positions (lm-eval computes full-vocabulary logits for every input token).
 
@@ -64,6 +64,25 @@ def _lcp(a: list[int], b: list[int]) -> int:
     return i
 
 
+def _first_fit(items: list[list[_Segment]], capacity: int) -> list[list[_Segment]]:
+    """Pack segment groups (a cluster's prefix and rows, or a single row) into bins of about
+    `capacity` tokens, largest first, each into the first bin with room (first-fit
+    decreasing); an oversized group gets a bin of its own. Parents are re-indexed per bin."""
+    bins: list[list[_Segment]] = []
+    room: list[int] = []
+    for group in sorted(items, key=lambda g: -sum(len(s.tokens) for s in g)):
+        size = sum(len(s.tokens) for s in group)
+        k = next((i for i, r in enumerate(room) if r >= size), None)
+        if k is None:
+            bins.append([])
+            room.append(capacity)
+            k = len(bins) - 1
+        base = len(bins[k])
+        bins[k] += [_Segment(s.tokens, s.start, None if s.parent is None else base + s.parent, s.row) for s in group]
+        room[k] -= size
+    return bins
+
+
 @dataclass
 class _Row:
     """One distinct model input; every request whose input it is reads its logits."""
@@ -105,13 +124,12 @@ class _Segment:
 class HFBackend:
     """Scores lm-eval style requests on any Hugging Face causal LM (float, fake-quant, ...).
 
-    Log-likelihood forwards are packed sequences of at most about `max_tokens` tokens (a
-    longer single input runs alone); `batch_size` is the number of prompts decoded together by
-    `generate`.
+    Log-likelihood: bins of about `max_tokens` tokens (a longer single input gets its own),
+    `batch_size` bins per forward. Generation: `batch_size` prompts decoded together.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
-                 progress: bool = True, max_tokens: int = 1024):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None,
+                 progress: bool = True, max_tokens: int = 512):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -186,20 +204,14 @@ class HFBackend:
         clusters = self._clusters(self._rows(self.encode_pairs(requests)))
         bar = tqdm(total=len(requests), desc="loglikelihood", disable=not self.progress, file=sys.stderr)
         with torch.inference_mode():
-            small: list[_Segment] = []
-            used = 0
-            for c in sorted(clusters, key=lambda c: -c.size()):  # longest first: memory peaks early
-                if c.size() > self.max_tokens:
-                    self._run_big(c, results, bar)
-                    continue
-                if small and used + c.size() > self.max_tokens:
-                    self._run_pass(small, None, results, bar)
-                    small, used = [], 0
-                base = len(small)  # parents index into this pass's segment list
-                small += [_Segment(x.tokens, x.start, None if x.parent is None else base, x.row) for x in c.segments()]
-                used += c.size()
-            if small:
-                self._run_pass(small, None, results, bar)
+            small = [c.segments() for c in clusters if c.size() <= self.max_tokens]
+            self._run_bins(_first_fit(small, self.max_tokens), None, results, bar)
+            for c in (c for c in clusters if c.size() > self.max_tokens):
+                # A large cluster (an MMLU subject: the 5-shot prompt and many questions): its
+                # prefix runs once into a KV cache, its rows run in bins against it.
+                cache_kv = self._prefix_cache(c.prefix) if c.prefix else None
+                rows = [[_Segment(x.tokens, x.start, None, x.row)] for x in c.segments() if x.row is not None]
+                self._run_bins(_first_fit(rows, self.max_tokens), cache_kv, results, bar)
         bar.close()
         return results  # type: ignore[return-value]
 
@@ -236,67 +248,73 @@ class HFBackend:
             clusters.append(_Cluster(share, [row]))
         return clusters
 
-    def _run_big(self, c: _Cluster, results: list, bar) -> None:
-        """A cluster too large for one pass (an MMLU subject: the 5-shot prompt and many
-        questions): its prefix runs once into a KV cache; its rows run in passes against it."""
-        cache_kv = self._run_pass([_Segment(c.prefix, 0, None, None)], None, results, bar) if c.prefix else None
-        pack: list[_Segment] = []
-        used = 0
-        for seg in c.segments()[1 if c.prefix else 0:]:
-            if pack and used + len(seg.tokens) > self.max_tokens:
-                self._run_pass(pack, cache_kv, results, bar)
-                pack, used = [], 0
-            pack.append(_Segment(seg.tokens, seg.start, None, seg.row))  # sees all of the cache
-            used += len(seg.tokens)
-        if pack:
-            self._run_pass(pack, cache_kv, results, bar)
+    def _prefix_cache(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pos = torch.arange(len(prefix))[None]
+        out = self._forward(torch.tensor([prefix]), None, pos, DynamicCache(config=self.model.config), keep=1)
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
-    def _run_pass(self, segs: list[_Segment], cache_kv, results: list, bar):
-        """One packed forward (batch 1, no padding). A token sees earlier tokens of its own
-        segment, all of its parent segment, and all of `cache_kv` if given. Scores the row
-        segments; returns the KV cache when the pass scores nothing (a prefix pass)."""
-        ids, seg_of, local, absolute, keep, ends = [], [], [], [], [], []
-        for k, seg in enumerate(segs):
-            at = len(ids)
-            ids += seg.tokens
-            seg_of += [k] * len(seg.tokens)
-            local += range(len(seg.tokens))
-            absolute += range(seg.start, seg.start + len(seg.tokens))
-            if seg.row is not None:  # logits from the row's first scored position on
-                keep += range(at + seg.row.start - seg.start, at + len(seg.tokens))
-                ends.append(len(keep))
-        q_seg, q_pos = torch.tensor(seg_of), torch.tensor(local)
-        parent = torch.tensor([-1 if s.parent is None else s.parent for s in segs])[q_seg]
-        allowed = ((q_seg[:, None] == q_seg[None, :]) & (q_pos[None, :] <= q_pos[:, None])) \
-            | (parent[:, None] == q_seg[None, :])
-        if cache_kv is not None:
-            allowed = torch.cat([torch.ones((len(ids), cache_kv[0][0].shape[-2]), dtype=torch.bool), allowed], dim=1)
-            # A fresh cache object per pass: the forward appends to it, the prefix stays intact.
-            cache = DynamicCache(cache_kv, config=self.model.config)
-        else:
-            cache = None if keep else DynamicCache(config=self.model.config)
+    def _run_bins(self, bins: list[list[_Segment]], cache_kv, results: list, bar) -> None:
+        """Bins of similar length, `batch_size` per forward."""
+        bins = sorted(bins, key=lambda b: -sum(len(s.tokens) for s in b))
+        for i in range(0, len(bins), self.batch_size):
+            self._run_batch(bins[i:i + self.batch_size], cache_kv, results, bar)
+
+    def _run_batch(self, bins: list[list[_Segment]], cache_kv, results: list, bar) -> None:
+        """One forward over a batch of bins. In a bin, a token sees the earlier tokens of its
+        own segment, all of its parent segment and all of `cache_kv`; the 4D mask and the
+        position ids say so, which frees the physical order: each bin puts its scored tokens
+        last, behind left padding, so `logits_to_keep=K` returns exactly the positions scored."""
+        layouts = []
+        for segs in bins:
+            toks = [(seg.row is not None and j >= seg.row.start - seg.start, k, j, t, seg.start + j)
+                    for k, seg in enumerate(segs) for j, t in enumerate(seg.tokens)]
+            toks.sort(key=lambda x: x[0])  # stable: unscored first, scored after, each in order
+            parents = [-1 if s.parent is None else s.parent for s in segs]
+            layouts.append((toks, parents, sum(x[0] for x in toks)))
+        width = max(len(t) for t, _, _ in layouts)
+        keep = max(n for _, _, n in layouts)
+        n_cache = 0 if cache_kv is None else cache_kv[0][0].shape[-2]
+        ids = torch.full((len(bins), width), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((len(bins), width), dtype=torch.long)
+        allowed = torch.zeros((len(bins), width, n_cache + width), dtype=torch.bool)
+        for b, (toks, parents, _) in enumerate(layouts):
+            pad = width - len(toks)
+            ids[b, pad:] = torch.tensor([x[3] for x in toks])
+            pos[b, pad:] = torch.tensor([x[4] for x in toks])
+            seg, local = torch.tensor([x[1] for x in toks]), torch.tensor([x[2] for x in toks])
+            parent = torch.tensor(parents)[seg]
+            allowed[b, pad:, n_cache + pad:] = ((seg[:, None] == seg[None, :]) & (local[None, :] <= local[:, None])) \
+                | (parent[:, None] == seg[None, :])
+            allowed[b, pad:, :n_cache] = True
+            allowed[b, :pad, n_cache:n_cache + pad] = torch.eye(pad, dtype=torch.bool)  # pads: only themselves
         # Additive mask in the model dtype (not bool, not -inf): SDPA and eager attention both
-        # accept it, and no row is ever fully masked (each token sees itself).
+        # accept it, and every query sees at least itself, so no row is all-masked.
         mask = torch.full(allowed.shape, torch.finfo(self.dtype).min, dtype=self.dtype).masked_fill_(allowed, 0)
-        out = self._forward(torch.tensor([ids]), mask[None, None], torch.tensor([absolute]), cache,
-                            keep=torch.tensor(keep, device=self.device) if keep else 1)
-        if not keep:
-            return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        cache = None
+        if cache_kv is not None:  # one prefix shared by every bin: a fresh cache, expanded
+            cache = DynamicCache([(k.expand(len(bins), -1, -1, -1), v.expand(len(bins), -1, -1, -1))
+                                  for k, v in cache_kv], config=self.model.config)
+        logits = self._forward(ids, mask[:, None], pos, cache, keep=keep).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         greedy = logprobs.argmax(dim=-1)
-        rows = [seg.row for seg in segs if seg.row is not None]
-        for row, end in zip(rows, ends):
-            for i, cont in row.reads:
-                target = torch.tensor(cont, device=self.device)
-                lp = logprobs[end - len(cont):end].gather(-1, target[:, None]).squeeze(-1)
-                results[i] = Loglik(float(lp.sum()), bool((greedy[end - len(cont):end] == target).all()), len(cont))
-                bar.update(1)
-        return None
+        for b, (segs, (_, _, n_scored)) in enumerate(zip(bins, layouts)):
+            at = keep - n_scored  # the bin's scored tokens: segment by segment, in order
+            for seg in segs:
+                if seg.row is None:
+                    continue
+                at += len(seg.tokens) - (seg.row.start - seg.start)
+                for i, cont in seg.row.reads:  # a continuation's tokens end where its row ends
+                    target = torch.tensor(cont, device=self.device)
+                    lp = logprobs[b, at - len(cont):at].gather(-1, target[:, None]).squeeze(-1)
+                    ok = bool((greedy[b, at - len(cont):at] == target).all())
+                    results[i] = Loglik(float(lp.sum()), ok, len(cont))
+                    bar.update(1)
 
     def _forward(self, ids, mask, pos, cache, keep):
         """One model call; `keep` (int: last N positions, or index tensor) limits the logits."""
         kwargs = {"logits_to_keep": keep} if self._keep else {}
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+        mask = None if mask is None else mask.to(self.device)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask,
                          position_ids=pos.to(self.device), past_key_values=cache, use_cache=cache is not None,
                          **kwargs)
         if not self._keep:  # a model without logits_to_keep: select here
