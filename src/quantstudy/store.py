@@ -103,12 +103,21 @@ class ResultStore:
         row = self.db.execute("SELECT result FROM results WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def put(self, key: str, kind: str, inputs: dict, result: dict, prov: dict | None = None) -> None:
+    def put(self, key: str, kind: str, inputs: dict, result: dict, prov: dict | None = None,
+            keep_order: bool = False) -> None:
+        """Store `result` under `key`. Keys are sorted unless `keep_order` (a document whose
+        order is its presentation, such as a study's results, which the report renders in order)."""
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?)",
                             (key, kind, json.dumps(inputs, sort_keys=True, default=str),
-                             json.dumps(result, sort_keys=True, default=str),
+                             json.dumps(result, sort_keys=not keep_order, default=str),
                              json.dumps(prov or provenance(), sort_keys=True), time.time()))
+
+    def latest(self, kind: str) -> dict | None:
+        """The most recently written result of a kind (a study's assembled results)."""
+        row = self.db.execute("SELECT result FROM results WHERE kind=? ORDER BY created DESC LIMIT 1",
+                              (kind,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def count(self, kind: str | None = None) -> int:
         if kind is None:

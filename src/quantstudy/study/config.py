@@ -1,0 +1,172 @@
+"""A study's configuration: one YAML file (or none: the paper's study on the embedded model).
+
+Sections left out take the defaults below; `compare`, `bench`, `predict` and `deployment`
+can be `false` to skip them. Every error names the file, the line and the field
+("study.yaml line 7: variants[2].scheme: unknown scheme 'w5a5'", see `validate`).
+
+Defaults reproduce the paper's grid (BF16; W8A8-FP8 by RTN; W8A8-INT8 by SmoothQuant 0.8 +
+GPTQ; W4A16 by GPTQ, AWQ and RTN) with limits sized so the whole study, vLLM bench
+included, runs in under 30 minutes on a 2-core CPU (about 17 minutes when the cores are idle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.quantize.calibration import CalibrationSpec
+from quantstudy.study.validate import Checker, Doc, show
+
+DEFAULT_MODEL = "smollm2-135m"
+# The paper's grid. group_size "auto": 128 (the paper's) where the model's widths allow it,
+# else the largest of 64/32 that divides them (SmolLM2's 576 needs 64).
+DEFAULT_VARIANTS = (
+    {"name": "w8a8-fp8", "scheme": "w8a8-fp8", "algorithm": "rtn"},
+    {"name": "w8a8-int8", "scheme": "w8a8-int8", "algorithm": "gptq", "smoothquant": 0.8},
+    {"name": "w4a16-gptq", "scheme": "w4a16", "algorithm": "gptq"},
+    {"name": "w4a16-awq", "scheme": "w4a16", "algorithm": "awq"},
+    {"name": "w4a16-rtn", "scheme": "w4a16", "algorithm": "rtn"},
+)
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    name: str
+    scheme: str
+    group_size: int | str | None = "auto"   # "auto", an int, or None (the preset's own)
+    algorithm: str = "rtn"
+    smoothquant: float | None = None
+    dampening: float = 0.01
+    actorder: bool = True
+    mse_clip: bool = True
+    ignore: tuple[str, ...] | None = None      # None: the scheme's default (lm_head)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # Log-likelihood tasks only by default: a 135M model scores ~0 on GSM8K/HumanEval, where
+    # recovery is noise, and generation costs 10x more per item on this CPU.
+    tasks: tuple[str, ...] = ("arc_challenge", "hellaswag", "winogrande", "ppl", "kl")
+    # 100 items per task: ~10 min for six models here (the study ~17 min in all on 2 idle
+    # cores); per-task recovery intervals about +-12 points (+-17 at 50 items). Raise it
+    # where time allows: the width shrinks as 1/sqrt(items).
+    limit: int | None = 100
+    chat_template: str = "auto"
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    limit: int | None = 8            # one generation batch per model
+    max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    use_cases: tuple[str, ...] = ("instruction-following",)
+    scale: float = 0.25              # 64/32 tokens: start-up, not decoding, dominates on a CPU
+    modes: tuple[str, ...] = ("synchronous",)   # sync = synchronous, async = concurrent
+    requests: int = 4
+    fallback_requests: int = 1       # formats the engine only emulates (FP8 on CPU: ~20x slower)
+    concurrency: int = 4
+    rates: tuple[float, ...] = ()
+    vllm_python: str | None = None   # default: .venv-vllm or $QUANTSTUDY_VLLM_PYTHON
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    shape: str | None = None         # None: the study model's own config
+    hardware: tuple[str, ...] = ("a6000", "a100", "h100", "cpu")
+    use_cases: tuple[str, ...] = ("instruction-following", "code-completion")
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    hardware: str = "a6000"          # the paper's cost-efficiency card
+    mode: str = "sync"
+    use_case: str = "instruction-following"
+    latency_slo_s: float | None = None
+    min_recovery: float | dict = 0.99
+    budget_usd_per_hour: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: str = DEFAULT_MODEL
+    variants: tuple[VariantConfig, ...] = tuple(VariantConfig(**v) for v in DEFAULT_VARIANTS)
+    # 16 x 256 tokens: GPTQ ~45 s, AWQ ~55 s per variant here; the paper used 256-768 x 4-8k.
+    calibration: CalibrationSpec = field(default_factory=lambda: CalibrationSpec(num_samples=16, seq_len=256))
+    evaluate: EvaluateConfig | None = field(default_factory=EvaluateConfig)
+    compare: CompareConfig | None = field(default_factory=CompareConfig)
+    bench: BenchConfig | None = field(default_factory=BenchConfig)
+    predict: PredictConfig | None = field(default_factory=PredictConfig)
+    deployment: DeploymentConfig | None = field(default_factory=DeploymentConfig)
+    executor: str = "local"
+    source: str = "defaults"         # the file it came from (for messages)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TOP_LEVEL = ("model", "variants", "calibration", "evaluate", "compare", "bench", "predict", "deployment",
+             "executor")
+
+
+def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
+    """A StudyConfig from YAML text; every error is one line naming `name`, the line and the field."""
+    doc = Doc(name, text)
+    raw = doc.value
+    if not isinstance(raw, dict):
+        doc.fail((), f"must be a mapping of sections ({', '.join(TOP_LEVEL)}), not {show(raw)}")
+    check = Checker(doc)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            close = difflib.get_close_matches(key, TOP_LEVEL, n=1)
+            doc.fail((key,), "unknown field" + (f" (did you mean {close[0]!r}?)" if close
+                                                 else f"; known: {', '.join(TOP_LEVEL)}"))
+    if "model" not in raw:
+        doc.fail((), "missing field 'model' (an embedded name such as smollm2-135m, a model folder or a .gguf)",
+                 line=1)
+    out = {"model": check.str_(raw["model"], ("model",)), "source": name}
+    if "variants" in raw:
+        v = raw["variants"]
+        if not isinstance(v, list) or not v:
+            doc.fail(("variants",), f"must be a non-empty list of variants, got {show(v)}")
+        variants = []
+        for i, item in enumerate(v):
+            if not isinstance(item, dict):
+                doc.fail(("variants", i), f"must be a mapping with name and scheme, got {show(item)}")
+            for req in ("name", "scheme"):
+                if req not in item:
+                    doc.fail(("variants", i), f"missing field {req!r}")
+            variants.append(check.section(item, ("variants", i), VariantConfig))
+        names = [x.name for x in variants]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                doc.fail(("variants", i, "name"), f"{n!r} is used by an earlier variant (names label results)")
+        out["variants"] = tuple(variants)
+    out["calibration"] = check.section(raw.get("calibration"), ("calibration",), CalibrationSpec,
+                                       default=StudyConfig().calibration)
+    for key, cls in (("evaluate", EvaluateConfig), ("compare", CompareConfig), ("bench", BenchConfig),
+                     ("predict", PredictConfig), ("deployment", DeploymentConfig)):
+        if key in raw:
+            out[key] = check.section(raw[key], (key,), cls, optional=True)
+    if "executor" in raw:
+        out["executor"] = check.str_(raw["executor"], ("executor",), ("local", "ray"))
+    return StudyConfig(**out)
+
+
+def load_config(path: str | Path | None) -> StudyConfig:
+    """The study in `path`, or the default study when `path` is None."""
+    if path is None:
+        return StudyConfig()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise QuantstudyError(f"cannot read study config {path}: {exc.strerror or exc}") from None
+    return parse_config(text, path.name)

@@ -1,0 +1,218 @@
+"""A study as jobs: each one stage call, keyed by a content hash of everything it depends on.
+
+Keys hash the model's file fingerprint, the scheme + recipe + calibration, the task or
+workload settings and the code version (`quantstudy.__version__`), never a path or a time,
+so a rerun, a moved study folder or another executor finds the same keys. Downstream keys
+use the fingerprints of the checkpoints upstream jobs wrote (read back from the store), so
+a rerun can tell a finished evaluation apart without touching a model.
+
+`do_quantize` and `do_bench` are the jobs an executor may ship elsewhere (Ray): plain
+functions of a JSON-able spec that return a JSON-able result and never touch the store;
+the driver writes results. Everything else runs in the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantstudy import __version__
+from quantstudy.errors import QuantstudyError
+from quantstudy.store import content_key
+
+CHECKPOINTS = "checkpoints"
+BASELINE = "baseline"
+
+
+@dataclass
+class Job:
+    kind: str                 # quantize | evaluate | compare | bench | predict
+    name: str                 # variant name, 'baseline', or the stage's name
+    inputs: dict              # exactly what the key hashes
+    spec: dict = field(default_factory=dict)   # what the worker needs (paths, options): not hashed
+
+    @property
+    def key(self) -> str:
+        return content_key(**self.inputs)
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.name == self.kind else f"{self.kind} {self.name}"
+
+
+def _plain(obj):
+    """Dataclasses and enums as JSON values (for keys and records)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj,
+                                 default=lambda o: getattr(o, "value", str(o))))
+
+
+def auto_group_size(config: dict) -> int:
+    """The paper's group of 128 where every linear input width is a multiple of it, else 64/32."""
+    widths = [config.get("hidden_size"), config.get("intermediate_size")]
+    heads, dim = config.get("num_attention_heads"), config.get("head_dim")
+    if heads and dim:
+        widths.append(heads * dim)   # o_proj reads heads x head_dim, not always hidden_size
+    for size in (128, 64, 32):
+        if all(w and w % size == 0 for w in widths):
+            return size
+    raise QuantstudyError(f"no group size of 128/64/32 divides this model's widths {widths}: set group_size")
+
+
+def resolve_variant(v, model_config: dict):
+    """(scheme, recipe, calibration-or-None) of a VariantConfig, every preset default filled in."""
+    from quantstudy.quantize.sequential import Recipe
+    from quantstudy.schemes import Strategy, get_scheme
+
+    scheme = get_scheme(v.scheme)
+    if scheme.weights.strategy in (Strategy.GROUP, Strategy.BLOCK):
+        size = auto_group_size(model_config) if v.group_size == "auto" else v.group_size
+        if size is not None:
+            scheme = scheme.with_group_size(size)
+    elif isinstance(v.group_size, int):
+        raise QuantstudyError(f"variant {v.name}: {scheme.name} has {scheme.weights.strategy.value}-wise weights, "
+                              "group_size does not apply")
+    if v.ignore is not None:
+        scheme = scheme.with_ignore(v.ignore)
+    recipe = Recipe(algorithm=v.algorithm, smoothquant=v.smoothquant, dampening=v.dampening,
+                    actorder=v.actorder, mse_clip=v.mse_clip)
+    recipe.check(scheme)
+    return scheme, recipe
+
+
+def quantize_job(v, cfg, model_fp: str, model_ref: str, source: Path, out: Path, model_config: dict) -> Job:
+    scheme, recipe = resolve_variant(v, model_config)
+    calib = cfg.calibration if recipe.needs_calibration else None
+    inputs = {"stage": "quantize", "name": v.name, "model": model_fp, "scheme": _plain(scheme),
+              "recipe": _plain(recipe), "calibration": calib and calib.record(), "dtype": "bfloat16",
+              "code": __version__}
+    # A user's jsonl calibration file is identified by its bytes, not its name.
+    if calib and calib.source.startswith("jsonl:"):
+        inputs["calibration_sha256"] = hashlib.sha256(Path(calib.source[6:]).read_bytes()).hexdigest()
+    spec = {"model_ref": model_ref, "source": str(source), "folder": str(out / CHECKPOINTS / v.name),
+            "scheme": v.scheme, "group_size": _plain(scheme).get("weights", {}).get("group_size"),
+            "variant": _plain(v), "model_config": model_config, "calibration": calib and calib.record()}
+    return Job("quantize", v.name, inputs, spec)
+
+
+def marker_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".job")
+
+
+def do_quantize(job_key: str, spec: dict, loaded=None, on_start=None, on_layer=None) -> dict:
+    """Write the variant's checkpoint; returns what the study records about it.
+
+    A marker next to the folder names the job that is writing it, written *before* the
+    (atomic) checkpoint write starts: a folder present with its marker matching is this
+    job's finished output from a run killed before the store write, and is adopted rather
+    than recomputed; anything else in the way is a stale leftover and is removed."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from quantstudy.quantize.calibration import CalibrationSpec
+    from quantstudy.quantize.checkpoint import read_checkpoint_info
+    from quantstudy.study.config import VariantConfig
+
+    folder = Path(spec["folder"])
+    marker = marker_path(folder)
+    adopted = spec.get("may_adopt", True) and folder.is_dir() and marker.is_file() and marker.read_text() == job_key
+    if adopted:
+        try:
+            read_checkpoint_info(folder)
+        except QuantstudyError:   # removed files: not a finished checkpoint after all
+            adopted = False
+    if not adopted:
+        if folder.exists():
+            shutil.rmtree(folder)
+        for tmp in folder.parent.glob(f".{folder.name}.*"):   # a killed write's temporary folder
+            shutil.rmtree(tmp, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(job_key)
+        tmp.replace(marker)
+        from quantstudy.quantize.pipeline import quantize_loaded
+
+        v = VariantConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in spec["variant"].items()})
+        scheme, recipe = resolve_variant(v, spec["model_config"])
+        if loaded is None:
+            from quantstudy.models import load_model
+
+            loaded = load_model(spec["model_ref"], dtype="float32")
+        model, tokenizer, source = loaded
+        calib = CalibrationSpec(**spec["calibration"]) if spec["calibration"] else CalibrationSpec()
+        quantize_loaded(model, tokenizer, spec["model_ref"], Path(source), scheme, folder, recipe=recipe,
+                        calibration=calib, dtype="bfloat16", on_start=on_start, on_layer=on_layer)
+    info = read_checkpoint_info(folder)
+    from quantstudy.quantize.model import aggregate_sqnr_db
+
+    layers = info.recipe.get("layers") or []
+    sqnr = [(float(r["signal_energy"]), float(r["sqnr_db"])) for r in layers]
+    return {"name": spec["variant"]["name"], "format": info.scheme.name, "label": info.scheme.label,
+            "algorithm": info.recipe.get("algorithm"), "recipe": info.recipe.get("recipe"),
+            "calibration": info.recipe.get("calibration"), "group_size": spec["group_size"],
+            "tensor_bytes": info.tensor_bytes, "disk_bytes": info.disk_bytes,
+            "quantized_layers": len(info.quantized_layers),
+            "sqnr_db": aggregate_sqnr_db(sqnr) if sqnr else None,
+            "min_layer_sqnr_db": min(s for _, s in sqnr) if sqnr else None, "adopted": adopted}
+
+
+def evaluate_job(cfg, model_fp: str, variants: list[tuple[str, str]]) -> Job:
+    e = cfg.evaluate
+    settings = {"tasks": list(e.tasks), "limit": e.limit, "chat": e.chat_template, "seed": e.seed,
+                "batch_size": e.batch_size, "dtype": "float32", "ppl_seq_len": 512}
+    return Job("evaluate", "evaluate", {"stage": "evaluate", "baseline": model_fp, "variants": variants,
+                                        "settings": settings, "code": __version__})
+
+
+def compare_job(cfg, model_fp: str, variants: list[tuple[str, str]]) -> Job:
+    c = cfg.compare
+    return Job("compare", "compare", {"stage": "compare", "baseline": model_fp, "variants": variants,
+                                      "limit": c.limit, "max_new_tokens": c.max_new_tokens,
+                                      "seed": cfg.evaluate.seed if cfg.evaluate else 0, "code": __version__})
+
+
+def bench_job(cfg, name: str, fp: str, folder: Path, fmt: str, hardware: dict, support: dict) -> Job:
+    b = cfg.bench
+    requests = b.fallback_requests if support["status"] == "fallback" else b.requests
+    # The host and CPU model are in the key: a study moved to another machine measures again.
+    inputs = {"stage": "bench", "name": name, "model": fp, "fmt": fmt, "use_cases": list(b.use_cases),
+              "scale": b.scale, "modes": list(b.modes), "requests": requests, "concurrency": b.concurrency,
+              "rates": list(b.rates), "hardware": hardware, "support": support, "code": __version__}
+    spec = {"folder": str(folder), "name": name, "python": b.vllm_python}
+    return Job("bench", name, inputs, spec)
+
+
+def do_bench(job_key: str, inputs: dict, spec: dict) -> dict:
+    """Serve one model with vLLM and run the workloads (or record why it was skipped)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if inputs["support"]["status"] == "refused":
+        return {"skipped": inputs["support"]["reason"], "measured": []}
+    from quantstudy.bench.runner import run_bench
+
+    results = run_bench(spec["folder"], None, inputs["use_cases"], inputs["modes"], scale=inputs["scale"],
+                        requests=inputs["requests"], concurrency=inputs["concurrency"], rates=inputs["rates"],
+                        python=spec["python"], fmt=inputs["fmt"])
+    return {"skipped": None, "measured": [r.to_dict() for r in results]}
+
+
+def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list, cpu_record: dict | None) -> Job:
+    from quantstudy.bench.cost import PRICES_FILE
+
+    p = cfg.predict
+    inputs = {"stage": "predict", "shape": _plain(shape), "shape_name": shape_name, "formats": formats,
+              "hardware": [h if isinstance(h, str) else _plain(h) for h in hardware], "cpu": cpu_record,
+              "use_cases": list(p.use_cases),
+              "prices": hashlib.sha256(PRICES_FILE.read_bytes()).hexdigest(), "code": __version__}
+    return Job("predict", "predict", inputs, {"hardware": hardware})
+
+
+def do_predict(job: Job, shape) -> dict:
+    from quantstudy.bench.cost import cost_table
+
+    rows = []
+    for use_case in job.inputs["use_cases"]:
+        for row in cost_table(shape, job.inputs["formats"], job.spec["hardware"], use_case):
+            rows.append({"shape": job.inputs["shape_name"], "use_case": use_case, **dataclasses.asdict(row)})
+    return {"rows": rows}

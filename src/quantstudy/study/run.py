@@ -1,0 +1,332 @@
+"""Run a study: config -> jobs -> store -> results dict -> recommendation and report.
+
+Resumability rests on three rules. (1) A job is finished exactly when its result is in the
+store (one SQLite transaction, so a kill leaves it there or not at all); before running a
+job the driver asks the store, and for a quantize job also checks the checkpoint folder's
+fingerprint against the recorded one. (2) Stages cache their own partial work in the same
+store (evaluate per item, compare per generation), so a job killed half-way resumes inside
+the stage. (3) The results dict is assembled only from stored results, the bench's timings
+included, so a rerun after any kill prints the same report as a run never interrupted.
+
+A failing job (QuantstudyError: vLLM will not start, a recipe that does not apply) is
+printed as one line and recorded under `failures`; the other jobs go on, the report says
+which section failed, and the command exits non-zero. Failures are not stored: a rerun
+tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.store import ResultStore, content_key, provenance
+from quantstudy.study import jobs as J
+from quantstudy.study.config import StudyConfig
+from quantstudy.study.executors import make_executor
+
+STORE = "study.sqlite"
+LOG = "jobs.log"
+RESULTS_KIND = "study:results"
+
+
+@dataclass
+class StudyOutcome:
+    results: dict
+    report_dir: Path
+    failures: list[dict] = field(default_factory=list)
+
+
+class _Runner:
+    def __init__(self, cfg: StudyConfig, out: Path, executor, progress: Progress):
+        self.cfg, self.out, self.executor, self.progress = cfg, out, executor, progress
+        self.store = ResultStore(out / STORE)
+        self.failures: list[dict] = []
+        self.overall = progress.add_task("study", total=None)
+        self._loaded = None
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def log(self, event: str, job: J.Job, **extra) -> None:
+        """One JSON line per job event: what ran, what was reused, what failed (and the tests count it)."""
+        line = json.dumps({"event": event, "job": job.label, "key": job.key, "pid": os.getpid(),
+                           "t": round(time.time(), 3), **extra})
+        with open(self.out / LOG, "a") as fh:
+            fh.write(line + "\n")
+
+    def say(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, soft_wrap=True)
+
+    def cached(self, job: J.Job) -> dict | None:
+        rec = self.store.get(job.key)
+        if rec is not None:
+            self.log("skip", job)
+            self.say(f"[dim]· {job.label}: done earlier[/]")
+            self.progress.advance(self.overall)
+        return rec
+
+    def finish(self, job: J.Job, result: dict | None, error: str | None, seconds: float, **prov) -> dict | None:
+        self.progress.advance(self.overall)
+        if error is not None:
+            self.failures.append({"stage": job.kind, "name": job.name, "error": error})
+            self.log("fail", job, error=error)
+            self.say(f"[bold red]✗ {job.label}:[/] {error}")
+            return None
+        seconds = round(seconds, 2)
+        self.store.put(job.key, f"study:{job.kind}", job.inputs, result, provenance(seconds=seconds, **prov))
+        self.log("done", job, seconds=seconds)
+        self.say(f"[green]✓[/] {job.label} ({seconds:.0f} s)")
+        # What the store holds (through JSON: tuples become lists, numpy scalars plain numbers),
+        # not the object in hand, so a first run and a resumed one assemble the same results.
+        return self.store.get(job.key)
+
+    def run_inline(self, job: J.Job, fn) -> dict | None:
+        """A driver-side job: the store's result, or fn() stored; a QuantstudyError is a failure."""
+        rec = self.cached(job)
+        if rec is not None:
+            return rec
+        self.log("run", job)
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except QuantstudyError as exc:
+            return self.finish(job, None, str(exc), time.perf_counter() - started)
+        return self.finish(job, result, None, time.perf_counter() - started)
+
+    def run_parallel(self, jobs: list[J.Job], tasks: list, kind: str, on_result=None) -> dict[str, dict]:
+        by_key = {job.key: job for job in jobs}
+        for job in jobs:
+            self.log("run", job)
+        out = {}
+
+        def done(key, result, error, seconds):
+            job = by_key[key]
+            prov = {}
+            if result is not None and on_result:
+                result, prov = on_result(job, result)
+            rec = self.finish(job, result, error, seconds, executor=self.executor.name, **prov)
+            if rec is not None:
+                out[job.name] = rec
+        self.executor.run(tasks, done, kind=kind)
+        return out
+
+    # -- quantize ---------------------------------------------------------------------------------
+    def model(self):
+        if self._loaded is None:
+            from quantstudy.models import load_model
+
+            self._loaded = load_model(self.cfg.model, dtype="float32")
+        return self._loaded
+
+    def quantize(self, qjobs: list[J.Job]) -> dict[str, dict]:
+        done, pending = {}, []
+        for job in qjobs:
+            rec = self.store.get(job.key)
+            folder = self.out / J.CHECKPOINTS / job.name
+            if rec is not None and folder.is_dir() and self.store.fingerprint(folder) == rec["fingerprint"]:
+                self.cached(job)
+                done[job.name] = rec
+            else:
+                # Adopting a finished folder is for a kill between its write and the store write
+                # only; a folder that changed after its job finished is never trusted.
+                job.spec["may_adopt"] = rec is None
+                pending.append(job)
+        if not pending:
+            return done
+        if self.executor.name == "local":   # one loaded model shared by every variant
+            def local(key, spec):
+                bar = self.progress.add_task(f"quantize {spec['variant']['name']}", total=None)
+                try:
+                    return J.do_quantize(key, spec, loaded=self.model(),
+                                         on_start=lambda n: self.progress.update(bar, total=n),
+                                         on_layer=lambda _: self.progress.advance(bar))
+                finally:
+                    self.progress.remove_task(bar)
+            tasks = [(job.key, local, (job.key, job.spec)) for job in pending]
+        else:
+            tasks = [(job.key, J.do_quantize, (job.key, job.spec)) for job in pending]
+
+        def record(job, result):
+            folder = self.out / J.CHECKPOINTS / job.name
+            adopted = result.pop("adopted", False)
+            return ({**result, "folder": str(folder.relative_to(self.out)),
+                     "fingerprint": self.store.fingerprint(folder)}, {"adopted": adopted})
+        done.update(self.run_parallel(pending, tasks, "cpu", record))
+        return done
+
+    # -- bench ------------------------------------------------------------------------------------
+    def bench(self, models: list[tuple[str, Path, str]]) -> dict:
+        from quantstudy.bench.cpu import _cpu_model
+        from quantstudy.bench.preflight import preflight
+        from quantstudy.bench.runner import checkpoint_format
+
+        hw = bench_hardware()
+        identity = {"name": hw.name, "host": platform.node(), "cpu": _cpu_model()}
+        bjobs, seen = [], {}
+        for name, folder, fp in models:
+            fmt = checkpoint_format(folder)
+            # Speed depends on the format's layout and kernels, not on the weights' values: the
+            # first variant of a format stands for the others (three W4A16 recipes, one bench).
+            if fmt in seen:
+                continue
+            s = preflight(fmt, hw)
+            seen[fmt] = J.bench_job(self.cfg, name, fp, folder, fmt, identity,
+                                    {"status": s.status, "reason": s.reason})
+            bjobs.append(seen[fmt])
+        recs = {}
+        pending = []
+        for job in bjobs:
+            rec = self.cached(job)
+            if rec is not None:
+                recs[job.name] = rec
+            else:
+                pending.append(job)
+        tasks = [(job.key, J.do_bench, (job.key, job.inputs, job.spec)) for job in pending]
+        if pending:
+            self.say(f"[dim]bench: serving {', '.join(j.inputs['fmt'] for j in pending)} with vLLM "
+                     f"(~30-60 s start-up each)[/]")
+        recs.update(self.run_parallel(pending, tasks, "bench"))
+        measured, skipped = [], []
+        for job in bjobs:
+            rec = recs.get(job.name)
+            if rec is None:
+                continue
+            if rec.get("skipped"):
+                skipped.append({"name": job.name, "fmt": job.inputs["fmt"], "reason": rec["skipped"]})
+            measured += [{**m, "variant": job.name} for m in rec["measured"]]
+        return {"measured": measured, "hardware": hw.name, "skipped": skipped}
+
+
+def bench_hardware():
+    """The machine the engine runs on: the local GPU where torch sees one, else this CPU, measured."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            from quantstudy.bench.hardware import get_gpu
+
+            return get_gpu(torch.cuda.get_device_name(0))
+    except QuantstudyError:
+        pass
+    from quantstudy.bench.cpu import measure_cpu
+
+    return measure_cpu()
+
+
+def progress_bar(console) -> Progress:
+    # Description-only columns: stages add their own bars (evaluate per task, compare per model).
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, executor: str | None = None, address: str | None = None,
+              console=None) -> StudyOutcome:
+    """Run (or resume) the study in `out`; see the module docstring."""
+    from rich.console import Console
+
+    from quantstudy.models import resolve_model
+    from quantstudy.study.results import assemble, write_outputs
+
+    out = Path(out).resolve()
+    console = console or Console(stderr=True)
+    base_folder = Path(resolve_model(cfg.model))   # a missing model fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = json.loads((base_folder / "config.json").read_text())
+    executor_obj = make_executor(executor or cfg.executor, address)
+    try:
+        with progress_bar(console) as progress:
+            runner = _Runner(cfg, out, executor_obj, progress)
+            try:
+                results = _run(runner, cfg, out, base_folder, model_config)
+                # The assembled results go into the store too, so `quantstudy report <study>`
+                # rebuilds from the store alone. Keyed by their own content: an identical rerun
+                # writes nothing.
+                key = content_key(stage="study-results", results=results)
+                if runner.store.get(key) is None:
+                    runner.store.put(key, RESULTS_KIND, {"model": results["model"]["fingerprint"]}, results,
+                                     keep_order=True)
+            finally:
+                runner.store.close()
+    finally:
+        executor_obj.close()
+    report_dir = write_outputs(results, out)
+    return StudyOutcome(results, report_dir, runner.failures)
+
+
+def stored_results(study: Path) -> dict:
+    """The latest results a study wrote into its store (what `quantstudy report <folder>` reads)."""
+    path = study / STORE if study.is_dir() else study
+    if not path.is_file():
+        raise QuantstudyError(f"no study store at {path} (run `quantstudy study --out {study}` first)")
+    with ResultStore(path) as store:
+        results = store.latest(RESULTS_KIND)
+    if results is None:
+        raise QuantstudyError(f"{path} holds no finished study yet: rerun the study to finish it (done jobs are kept)")
+    return results
+
+
+def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_config: dict) -> dict:
+    from quantstudy.study.results import assemble
+
+    store = runner.store
+    model_fp = store.fingerprint(base_folder)
+    # Every variant resolves (scheme, group size, recipe) before any work: a config error costs nothing.
+    qjobs = [J.quantize_job(v, cfg, model_fp, cfg.model, base_folder, out, model_config) for v in cfg.variants]
+    start_key = content_key(stage="study", model=model_fp, config={**cfg.to_dict(), "executor": None, "source": None})
+    start = store.get(start_key)
+    if start is None:
+        start = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        store.put(start_key, "study:start", {"model": model_fp}, start)
+    runner.progress.update(runner.overall, total=len(qjobs) + 4 + len(cfg.variants))
+
+    quantized = runner.quantize(qjobs)
+    ok = [(v.name, quantized[v.name]["fingerprint"]) for v in cfg.variants if v.name in quantized]
+    folders = [out / J.CHECKPOINTS / name for name, _ in ok]
+
+    evaluation = None
+    if cfg.evaluate:
+        from quantstudy.evaluate.runner import EvalSettings, evaluate_models
+
+        job = J.evaluate_job(cfg, model_fp, ok)
+        s = job.inputs["settings"]
+        evaluation = runner.run_inline(job, lambda: evaluate_models(
+            cfg.model, folders, EvalSettings(tasks=tuple(s["tasks"]), limit=s["limit"], chat=s["chat"],
+                                             seed=s["seed"], batch_size=s["batch_size"], dtype=s["dtype"],
+                                             ppl_seq_len=s["ppl_seq_len"]),
+            store.path, progress=runner.progress))
+
+    comparison = None
+    if cfg.compare and ok:
+        from quantstudy.compare.runner import compare_models
+
+        job = J.compare_job(cfg, model_fp, ok)
+        comparison = runner.run_inline(job, lambda: compare_models(
+            cfg.model, folders, store.path, limit=job.inputs["limit"],
+            max_new_tokens=job.inputs["max_new_tokens"], seed=job.inputs["seed"], progress=runner.progress))
+
+    bench = None
+    if cfg.bench:
+        models = [(J.BASELINE, base_folder, model_fp)] + [(n, f, fp) for (n, fp), f in zip(ok, folders)]
+        bench = runner.bench(models)
+
+    predicted = []
+    if cfg.predict:
+        from quantstudy.bench.cpu import measure_cpu
+        from quantstudy.bench.views import resolve_shape
+        from quantstudy.study.jobs import resolve_variant
+
+        shape = resolve_shape(cfg.predict.shape or str(base_folder))
+        formats = ["bf16", *dict.fromkeys(resolve_variant(v, model_config)[0].name for v in cfg.variants)]
+        hardware = [measure_cpu() if h == "cpu" else h for h in cfg.predict.hardware]
+        job = J.predict_job(cfg, shape, cfg.predict.shape or cfg.model, formats, hardware, None)
+        rec = runner.run_inline(job, lambda: J.do_predict(job, shape))
+        predicted = rec["rows"] if rec else []
+
+    runner.progress.update(runner.overall, total=runner.progress.tasks[0].completed)
+    return assemble(cfg, base_folder, model_fp, start["started"], quantized, evaluation, comparison, bench,
+                    predicted, runner.failures)

@@ -1,0 +1,342 @@
+"""The study orchestrator: config errors, job keys, kill -9 resume, Ray = local, stage failures.
+
+The slow tests run `quantstudy study` in subprocesses on a tiny study (two RTN variants,
+ARC-Challenge + perplexity on 4 items, 2 compare prompts x 16 tokens, no bench) and compare
+each outcome with one uninterrupted local run: results.json with the study folder's path and
+the start time taken out must be equal, and the store must show that nothing finished was
+ever computed twice.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.study.config import StudyConfig, parse_config
+from quantstudy.study.jobs import auto_group_size, quantize_job
+
+TINY = """\
+model: smollm2-135m
+variants:
+  - {name: w8a8-fp8, scheme: w8a8-fp8, algorithm: rtn}
+  - {name: w4a16-rtn, scheme: w4a16, algorithm: rtn}
+evaluate: {tasks: [arc_challenge, ppl], limit: 4}
+compare: {limit: 2, max_new_tokens: 16}
+bench: false
+predict: {hardware: [a6000], use_cases: [instruction-following]}
+deployment: {hardware: a6000, min_recovery: 0.9}
+"""
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, line, pattern", [
+    ("model: m\nvariants:\n  - {name: a, scheme: w4a16}\n  - name: b\n    scheme: w5a5\n", 5,
+     r"variants\[1\]\.scheme: unknown scheme 'w5a5'; choose one of: w8a8-fp8, "),
+    ("variants:\n  - {name: a, scheme: w4a16}\n", 1, r"missing field 'model'"),
+    ("model: m\nevaluate:\n  tasks: [ppl]\n  limit: -3\n", 4, r"evaluate\.limit: must be an integer >= 1 or null, got -3"),
+    ("model: m\nevaluate:\n  tasks: [ppl\n  limit: 3\n", 4, r"YAML syntax error: "),
+    ("model: m\nbench:\n  use_cases: [rag]\n  requets: 3\n", 4, r"bench\.requets: unknown field \(did you mean 'requests'\?\)"),
+    ("model: m\nevalute: {limit: 3}\n", 2, r"evalute: unknown field \(did you mean 'evaluate'\?\)"),
+    ("model: m\ncompare: {limit: 0}\n", 2, r"compare\.limit: must be an integer >= 1"),
+    ("model: m\nmodel: n\n", 2, r"model: given twice"),
+])
+def test_config_errors_are_one_line_naming_file_line_and_field(text, line, pattern):
+    with pytest.raises(QuantstudyError) as err:
+        parse_config(text, "study.yaml")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"study.yaml line {line}: "), message
+    assert __import__("re").search(pattern, message), message
+
+
+def test_cli_prints_a_config_error_as_one_line_and_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: smollm2-135m\nvariants:\n  - {name: x, scheme: w5a5}\n")
+    result = CliRunner().invoke(app, ["study", str(cfg), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bad.yaml line 3: variants[0].scheme: unknown scheme 'w5a5'" in lines[0]
+    assert not (tmp_path / "out").exists()   # a config error costs nothing
+
+
+def test_partial_sections_keep_the_study_defaults():
+    cfg = parse_config("model: m\ncalibration: {source: wikitext, seed: 3}\nevaluate: {limit: 7}\n")
+    assert (cfg.calibration.source, cfg.calibration.seed) == ("wikitext", 3)
+    assert (cfg.calibration.num_samples, cfg.calibration.seq_len) == (16, 256)   # the study's, not the CLI's
+    assert cfg.evaluate.limit == 7 and cfg.evaluate.tasks == StudyConfig().evaluate.tasks
+    with pytest.raises(QuantstudyError, match=r"^study.yaml line 2: calibration\.source: unknown calibration source"):
+        parse_config("model: m\ncalibration: {source: nope}\n")
+
+
+def test_a_missing_model_is_one_line_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(f"model: {tmp_path / 'no-such-model'}\n")
+    result = CliRunner().invoke(app, ["study", str(cfg), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no-such-model' not found" in lines[0], result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_defaults_are_the_papers_grid():
+    cfg = StudyConfig()
+    grid = {(v.scheme, v.algorithm, v.smoothquant) for v in cfg.variants}
+    assert grid == {("w8a8-fp8", "rtn", None), ("w8a8-int8", "gptq", 0.8), ("w4a16", "gptq", None),
+                    ("w4a16", "awq", None), ("w4a16", "rtn", None)}
+    assert cfg.evaluate.limit and cfg.compare and cfg.bench and cfg.deployment
+    # the paper's group 128 where widths allow; SmolLM2's 576 / 1536 need 64
+    assert auto_group_size({"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                            "head_dim": 64}) == 64
+    assert auto_group_size({"hidden_size": 4096, "intermediate_size": 14336}) == 128
+
+
+def test_job_keys_hash_inputs_not_paths():
+    smol = {"hidden_size": 576, "intermediate_size": 1536}
+    to_gptq = ("algorithm: rtn}\n  - {name: w4a16-rtn", "algorithm: gptq}\n  - {name: w4a16-rtn")
+
+    def keys(text, out="/a", fp="fp0"):
+        c = parse_config(text)
+        return [quantize_job(v, c, fp, "smollm2-135m", Path("/src"), Path(out), smol).key for v in c.variants]
+
+    assert keys(TINY) == keys(TINY, "/b")                     # a moved study finds its results
+    assert keys(TINY, fp="fp1") != keys(TINY)                 # other weights, other results
+    gptq = TINY.replace(*to_gptq)
+    assert keys(gptq)[0] != keys(TINY)[0] and keys(gptq)[1] == keys(TINY)[1]
+    # calibration is an input of calibrated recipes only
+    seeded = "calibration: {seed: 7}\n"
+    assert keys(TINY + seeded) == keys(TINY)
+    assert keys(gptq + seeded)[0] != keys(gptq)[0]
+
+
+# ---- running studies ----------------------------------------------------------------------------
+
+def run_study(cfg: Path, out: Path, *args, env=None, timeout=1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "quantstudy.cli", "study", str(cfg), "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def comparable(out: Path, *moved_from: Path) -> dict:
+    """results.json without what legitimately differs between two runs of one study: the study
+    folder's path (and where it was copied from) and the time the study was first started."""
+    text = (out / "results.json").read_text()
+    for folder in (out, *moved_from):
+        text = text.replace(str(folder.resolve()), "<out>")
+    data = json.loads(text)
+    data["provenance"].pop("started")
+    return data
+
+
+def log_events(out: Path) -> list[dict]:
+    events = []
+    for line in (out / "jobs.log").read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:   # the line a kill cut short
+            pass
+    return events
+
+
+def store_snapshot(out: Path) -> dict:
+    """Every stored job result and evaluated item with the time it was written, and the
+    modification times of finished checkpoints' files: a recomputation changes them."""
+    path = out / "study.sqlite"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path, timeout=60)
+    try:
+        snap = {("result", k): c for k, c in db.execute("SELECT key, created FROM results")}
+        snap.update({("item", *row[:4]): row[4] for row in db.execute(
+            "SELECT model, task, task_version, item_id, created FROM items")})
+        for (result,) in db.execute("SELECT result FROM results WHERE kind='study:quantize'"):
+            folder = out / json.loads(result)["folder"]
+            snap.update({("file", str(f)): f.stat().st_mtime_ns for f in folder.iterdir()})
+    finally:
+        db.close()
+    return snap
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = root / "reference"
+    result = run_study(cfg, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cfg, out, result
+
+
+@pytest.mark.slow
+def test_uninterrupted_study_writes_report_and_rerun_recomputes_nothing(tiny):
+    cfg, out, first = tiny
+    results = json.loads((out / "results.json").read_text())
+    assert [v["name"] for v in results["variants"]] == ["w8a8-fp8", "w4a16-rtn"]
+    assert set(results["evaluate"]["tasks"]) == {"arc_challenge", "ppl"} and results["compare"]["variants"]
+    assert results["recommendation"]["chosen"] and not results["failures"]
+    assert (out / "report" / "report.html").is_file() and "report.html" in first.stdout
+    assert results["recommendation"]["explanation"].split(" ")[0] in first.stdout.replace("\n", " ")
+    before = store_snapshot(out)
+    files = {name: (out / name).read_bytes() for name in ("results.json", "report/report.html")}
+    again = run_study(cfg, out)
+    assert again.returncode == 0
+    assert store_snapshot(out) == before
+    assert {name: (out / name).read_bytes() for name in files} == files    # the same report, byte for byte
+    runs = [e for e in log_events(out) if e["event"] == "run"]
+    assert len(runs) == len({e["key"] for e in runs})            # the rerun started no job
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_loses_and_recomputes_nothing(tiny, tmp_path):
+    cfg, reference, _ = tiny
+    out = tmp_path / "killed"
+    seed = int(os.environ.get("QS_KILL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(3):
+        before = store_snapshot(out)
+        with open(tmp_path / "stderr.txt", "a") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "quantstudy.cli", "study", str(cfg), "--out", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            try:
+                proc.wait(timeout=rng.uniform(4, 30))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+        after = store_snapshot(out)
+        lost_or_redone = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
+        assert not lost_or_redone, f"seed {seed}: {lost_or_redone}"
+    before = store_snapshot(out)
+    final = run_study(cfg, out)
+    assert final.returncode == 0, final.stderr[-3000:]
+    after = store_snapshot(out)
+    assert all(after.get(k) == v for k, v in before.items()), f"seed {seed}"
+    done = [e["key"] for e in log_events(out) if e["event"] == "done"]
+    assert len(done) == len(set(done)), f"seed {seed}: a finished job ran again"
+    assert kills >= 1, f"seed {seed}: every run finished before its kill"
+    assert comparable(out) == comparable(reference), f"seed {seed}"
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_results(tiny, tmp_path):
+    pytest.importorskip("ray")
+    cfg, reference, _ = tiny
+    out = tmp_path / "ray"
+    result = run_study(cfg, out, "--executor", "ray")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert comparable(out) == comparable(reference)
+    db = sqlite3.connect(out / "study.sqlite")
+    prov = [json.loads(p) for (p,) in db.execute("SELECT provenance FROM results WHERE kind='study:quantize'")]
+    db.close()
+    assert len(prov) == 2 and all(p["executor"] == "ray" for p in prov)
+
+
+@pytest.mark.slow
+def test_failing_stage_is_one_line_and_keeps_the_rest(tiny, tmp_path):
+    cfg, reference, _ = tiny
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    # a damaged checkpoint is quantized again; RTN is deterministic, so nothing downstream changes
+    (out / "checkpoints" / "w4a16-rtn" / "model.safetensors").unlink()
+    fake = tmp_path / "fake-vllm"
+    fake.write_text("#!/bin/sh\necho 'RuntimeError: this engine never starts' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    bench_cfg = tmp_path / "bench.yaml"
+    bench_cfg.write_text(TINY.replace("bench: false", f"bench: {{scale: 0.125, requests: 1, vllm_python: {fake}}}"))
+    result = run_study(bench_cfg, out)
+    assert result.returncode == 1
+    failed = [ln for ln in result.stderr.splitlines() if ln.startswith("✗")]
+    assert [ln.split(":")[0] for ln in failed] == ["✗ bench baseline", "✗ bench w8a8-fp8", "✗ bench w4a16-rtn"]
+    assert all("this engine never starts" in ln for ln in failed), failed
+    assert "3 job(s) failed" in result.stderr.splitlines()[-1]
+    results = comparable(out, reference)
+    expected = comparable(reference)
+    for section in ("variants", "evaluate", "compare", "predicted"):
+        assert results[section] == expected[section], section
+    assert [f["stage"] for f in results["failures"]] == ["bench"] * 3
+    assert results["bench"]["measured"] == []
+    assert "FAILED — performance" in (out / "report" / "report.html").read_text()
+    runs = [e["job"] for e in log_events(out) if e["event"] == "run"]   # the reference's log came along
+    assert runs.count("quantize w4a16-rtn") == 2 and runs.count("quantize w8a8-fp8") == 1
+    assert runs.count("evaluate") == 1 and runs.count("compare") == 1
+
+
+@pytest.mark.slow
+def test_quantize_job_adopts_its_own_finished_checkpoint_and_replaces_anything_else(smollm2, tmp_path):
+    from quantstudy.study.jobs import do_quantize, marker_path
+
+    cfg = parse_config(TINY)
+    model, tokenizer, folder = smollm2
+    config = json.loads((Path(folder) / "config.json").read_text())
+    job = quantize_job(cfg.variants[0], cfg, "fp", "smollm2-135m", Path(folder), tmp_path, config)
+    first = do_quantize(job.key, job.spec, loaded=smollm2)
+    ckpt = tmp_path / "checkpoints" / "w8a8-fp8"
+    stamp = {f.name: f.stat().st_mtime_ns for f in ckpt.iterdir()}
+    # killed after the atomic write but before the store write: the rerun adopts the folder
+    again = do_quantize(job.key, job.spec, loaded=smollm2)
+    assert again.pop("adopted") and not first.pop("adopted") and again == first
+    assert {f.name: f.stat().st_mtime_ns for f in ckpt.iterdir()} == stamp
+    # a folder some other job (or config) left behind is not trusted
+    marker_path(ckpt).write_text("another-job")
+    third = do_quantize(job.key, job.spec, loaded=smollm2)
+    assert not third.pop("adopted") and third == first
+    assert marker_path(ckpt).read_text() == job.key
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium_with_every_section_filled(tiny):
+    """A reader's view: the tiny study's report in headless Chromium, screenshot kept under
+    runs/test-artifacts/. Every section has its tables and decoded figures; the only
+    placeholder is measured performance, which the tiny study does not run (bench: false);
+    `make study` checks the full report, bench included, the same way."""
+    from quantstudy.report.browser import FULL_STUDY, check_report, find_chromium
+
+    if find_chromium() is None or os.environ.get("QUANTSTUDY_NO_BROWSER"):
+        if os.environ.get("CI") and not os.environ.get("QUANTSTUDY_NO_BROWSER"):
+            pytest.fail("CI without Chromium: .ci/run installs it")
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    _, out, _ = tiny
+    shot = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts" / "tiny-study-report.png"
+    expect = {**FULL_STUDY, "performance": {"tables": 1, "missing": True}}
+    check = check_report(out / "report" / "report.html", shot, expect)
+    assert check.ok, check.problems
+    views = {s.id: s for s in check.sections}
+    assert list(views) == list(FULL_STUDY)
+    assert views["performance"].missing == ["Not run in this study."]   # measured: bench was off
+    assert all(not v.missing for k, v in views.items() if k != "performance")
+    assert shot.stat().st_size > 50_000   # a full page, not a blank one
+
+
+@pytest.mark.slow
+def test_report_rebuilds_from_the_store_alone(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    _, out, _ = tiny
+    only = tmp_path / "store-only"
+    only.mkdir()
+    shutil.copyfile(out / "study.sqlite", only / "study.sqlite")   # no checkpoints, no results.json
+    result = CliRunner().invoke(app, ["report", str(only)])
+    assert result.exit_code == 0, result.output
+    assert (only / "report" / "report.html").read_bytes() == (out / "report" / "report.html").read_bytes()
+    assert json.loads((only / "report" / "results.json").read_text()) == json.loads((out / "results.json").read_text())
+    empty = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "no study folder, store or results file" in empty.output
