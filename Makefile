@@ -40,7 +40,7 @@ study: install vllm-env
 	else echo "(no chromium: the report was not opened in a browser; apt-get install chromium to check it)"; fi
 
 test: install vllm-env
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -108,3 +108,52 @@ def test_smoothquant_gptq_int8_recipe(ppl_of, smollm2):
         saved = fh.get_tensor("model.layers.0.input_layernorm.weight").float()
     original = smollm2[0].model.layers[0].input_layernorm.weight.detach()
     assert not torch.allclose(saved, original.to(torch.bfloat16).float())
+
+
+def test_gptq_hessians_are_the_inputs_own_xtx():
+    """Each GPTQ Hessian is 2/N sum x x^T of exactly the inputs its linears saw, over every
+    calibration batch (q/k/v and gate/up share one). A regression: shared inputs were spotted
+    by storage address alone, so a later batch's tensor allocated where a freed one had been
+    reused a stale X^T X -- wrong Hessians that varied from run to run with the allocator."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantstudy.quantize import sequential
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = LlamaForCausalLM(config).eval()
+    # long sequences: activations past malloc's mmap threshold, whose freed addresses come back
+    calib = torch.randint(0, 128, (12, 1024))
+    layer = copy.deepcopy(model.model.layers[0])
+    reference: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda _m, inp, _o, n=n: reference.setdefault(n.rsplit(".", 1)[-1], []).append(inp[0].detach().clone()))
+             for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
+    model.model.layers[0] = layer
+    with torch.no_grad():
+        for i in range(0, 12, 2):   # the walker's batches of 2
+            model(calib[i:i + 2])
+    for h in hooks:
+        h.remove()
+    seen = {}
+    real = sequential.gptq_quantize
+
+    def spy(w, h, *args, layer: str = "", **kwargs):
+        seen[layer.rsplit(".", 1)[-1]] = h.clone()
+        return real(w, h, *args, layer=layer, **kwargs)
+
+    fresh = LlamaForCausalLM(config).eval()
+    fresh.load_state_dict(model.state_dict())
+    sequential.gptq_quantize = spy
+    try:
+        sequential.quantize_sequential(fresh, get_scheme("w4a16", 32), Recipe(algorithm="gptq"), calib,
+                                       torch.float32, batch_size=2)
+    finally:
+        sequential.gptq_quantize = real
+    assert set(seen) == {"q_proj", "o_proj", "gate_proj", "down_proj"}   # q/k/v and gate/up stacked
+    for owner, h in seen.items():
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in reference[owner]]).double()
+        expected = 2 * x.T @ x / x.shape[0]
+        assert torch.allclose(h, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item()), owner

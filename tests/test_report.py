@@ -156,6 +156,21 @@ def test_sync_a6000_picks_w4a16_when_it_meets_the_bar(study):
     assert 2 <= text.count(". ") + 1 <= 4
 
 
+def test_a_degraded_perplexity_is_a_caveat_the_accuracy_average_cannot_hide(study):
+    import copy
+
+    bar = _recovery(study, "w4a16") - 0.001
+    worse = copy.deepcopy(study)
+    ppl = worse["evaluate"]["tasks"]["ppl"]["variants"]["w4a16"]
+    ppl.update(recovery=0.74, verdict="degraded")
+    rec = recommend(worse, {"min_recovery": bar})
+    assert rec.chosen == "w4a16"   # the constraint is on accuracy; the loss is still said
+    assert any(w.startswith("ppl recovery 74.0% is degraded") for w in rec.candidate("w4a16").warnings)
+    assert "ppl recovery 74.0% is degraded" in rec.explanation
+    ppl.update(recovery=0.99, verdict="within noise")
+    assert not any("ppl" in w for w in recommend(worse, {"min_recovery": bar}).candidate("w4a16").warnings)
+
+
 def test_raising_min_recovery_above_w4a16_picks_another_and_names_the_constraint(study):
     bar = _recovery(study, "w4a16") + 0.001
     rec = recommend(study, {"min_recovery": bar})

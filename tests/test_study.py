@@ -125,6 +125,22 @@ def test_job_keys_hash_inputs_not_paths():
     assert keys(gptq + seeded)[0] != keys(gptq)[0]
 
 
+def test_bench_jobs_load_native_formats_and_only_time_emulated_ones():
+    from quantstudy.study.jobs import bench_job
+
+    cfg = StudyConfig()
+    hw = {"name": "cpu", "host": "h", "cpu": "c"}
+    native = bench_job(cfg, "w8a8-int8", "fp", Path("/x"), "w8a8-int8", hw, {"status": "native", "reason": ""})
+    assert native.inputs["modes"] == ["synchronous", "concurrent"]
+    assert native.inputs["requests"] == {"synchronous": 4, "concurrent": 8}   # the batch of 4 fills twice
+    emulated = bench_job(cfg, "w8a8-fp8", "fp", Path("/x"), "w8a8-fp8", hw, {"status": "fallback", "reason": "r"})
+    assert emulated.inputs["modes"] == ["synchronous"] and emulated.inputs["requests"] == {"synchronous": 1}
+    moved = bench_job(cfg, "w8a8-int8", "fp", Path("/elsewhere"), "w8a8-int8", hw, {"status": "native", "reason": ""})
+    assert moved.key == native.key   # the folder is not an input; the host is
+    assert bench_job(cfg, "w8a8-int8", "fp", Path("/x"), "w8a8-int8", {**hw, "host": "other"},
+                     {"status": "native", "reason": ""}).key != native.key
+
+
 # ---- running studies ----------------------------------------------------------------------------
 
 def run_study(cfg: Path, out: Path, *args, env=None, timeout=1200) -> subprocess.CompletedProcess:

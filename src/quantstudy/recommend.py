@@ -293,6 +293,12 @@ def _candidate(name, fmt, label, results, dep, hw, predicted) -> Candidate:
         elif gci and gci[0] < bar:
             warnings.append(f"{what} {_pct(point)} meets {_pct(bar)} but its 95% interval reaches down to "
                             f"{_pct(gci[0])}")
+    if name != BASELINE:   # a loss the accuracy average cannot show (perplexity, KL) still counts as a caveat
+        for task, e in ((results.get("evaluate") or {}).get("tasks") or {}).items():
+            c = (e.get("variants") or {}).get(name) or {}
+            if e.get("metric") != "accuracy" and c.get("verdict") == "degraded" and c.get("recovery") is not None:
+                warnings.append(f"{task} recovery {_pct(c['recovery'])} is degraded, which the accuracy "
+                                "average does not include")
     got = (cost or {}).get
     return Candidate(name, fmt, label, rec, ci, verdict, groups, status, got("queries_per_usd"), source,
                      got("latency_s"), got("requests_per_s"), got("gpus"), got("usd_per_hour"), not reasons,
@@ -391,7 +397,9 @@ def explain(chosen: Candidate | None, cands: list[Candidate], dep: dict) -> str:
         acc = f"{_pct(c.recovery)} recovery, {c.verdict}" if c.recovery is not None and c.name != BASELINE \
             else "the baseline"
         if abs(c.queries_per_usd - chosen.queries_per_usd) <= TIE * chosen.queries_per_usd:
-            parts.append(f"{c.label} ({acc}) costs the same per query here; {chosen.label} recovers more.")
+            same = c.recovery is not None and chosen.recovery is not None and abs(c.recovery - chosen.recovery) < 1e-9
+            parts.append(f"{c.label} ({acc}) costs the same per query here"
+                         + (" and recovers as much: either will do." if same else f"; {chosen.label} recovers more."))
         else:
             parts.append(f"{c.label} ({acc}) costs more per query here ({c.queries_per_usd:,.0f} {mode}) because "
                          f"{_why_costlier(c, chosen, dep['mode'])}.")

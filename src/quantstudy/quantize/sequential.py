@@ -193,9 +193,13 @@ def _gptq_layer(layer, batches, local, scheme: Scheme, recipe: Recipe, scale_dty
     last: dict = {}
 
     def record(name, x):
+        # The same input tensor (q/k/v, gate/up) is recognised by its storage. `last` keeps the
+        # tensor itself alive: were it freed, the next batch's input (or o_proj's, of the same
+        # shape) could be allocated at the same address and be taken for it, reusing a stale
+        # X^T X -- a wrong Hessian that depended on the allocator, so runs differed.
         key = (x.data_ptr(), tuple(x.shape))
         if last.get("key") != key:
-            last.update(key=key, xtx=batch_xtx(x), owner=name)
+            last.update(key=key, x=x, xtx=batch_xtx(x), owner=name)
         owner = last["owner"] if scheme.weights.strategy is not Strategy.TENSOR else name
         if owner == name:
             h, n = hessians.get(name, (None, 0))

@@ -175,10 +175,15 @@ def compare_job(cfg, model_fp: str, variants: list[tuple[str, str]]) -> Job:
 
 def bench_job(cfg, name: str, fp: str, folder: Path, fmt: str, hardware: dict, support: dict) -> Job:
     b = cfg.bench
-    requests = b.fallback_requests if support["status"] == "fallback" else b.requests
+    modes = list(b.modes)
+    if support["status"] == "fallback":   # emulated: a few synchronous requests say enough
+        modes = ["synchronous"]
+        requests = {"synchronous": b.fallback_requests}
+    else:   # a concurrent run fills its batch at least twice
+        requests = {m: max(b.requests, 2 * b.concurrency) if m == "concurrent" else b.requests for m in modes}
     # The host and CPU model are in the key: a study moved to another machine measures again.
     inputs = {"stage": "bench", "name": name, "model": fp, "fmt": fmt, "use_cases": list(b.use_cases),
-              "scale": b.scale, "modes": list(b.modes), "requests": requests, "concurrency": b.concurrency,
+              "scale": b.scale, "modes": modes, "requests": requests, "concurrency": b.concurrency,
               "rates": list(b.rates), "hardware": hardware, "support": support, "code": __version__}
     spec = {"folder": str(folder), "name": name, "python": b.vllm_python}
     return Job("bench", name, inputs, spec)

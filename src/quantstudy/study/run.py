@@ -191,15 +191,18 @@ class _Runner:
             self.say(f"[dim]bench: serving {', '.join(j.inputs['fmt'] for j in pending)} with vLLM "
                      f"(~30-60 s start-up each)[/]")
         recs.update(self.run_parallel(pending, tasks, "bench"))
-        measured, skipped = [], []
+        measured, skipped, emulated = [], [], []
         for job in bjobs:
             rec = recs.get(job.name)
             if rec is None:
                 continue
             if rec.get("skipped"):
                 skipped.append({"name": job.name, "fmt": job.inputs["fmt"], "reason": rec["skipped"]})
+            elif job.inputs["support"]["status"] == "fallback":
+                emulated.append({"name": job.name, "fmt": job.inputs["fmt"], "reason": job.inputs["support"]["reason"],
+                                 "requests": job.inputs["requests"]})
             measured += [{**m, "variant": job.name} for m in rec["measured"]]
-        return {"measured": measured, "hardware": hw.name, "skipped": skipped}
+        return {"measured": measured, "hardware": hw.name, "skipped": skipped, "emulated": emulated}
 
 
 def bench_hardware():
