@@ -210,7 +210,8 @@ class HFBackend:
                 # A large cluster (an MMLU subject: the 5-shot prompt and many questions): its
                 # prefix runs once into a KV cache, its rows run in bins against it.
                 cache_kv = self._prefix_cache(c.prefix) if c.prefix else None
-                rows = [[_Segment(x.tokens, x.start, None, x.row)] for x in c.segments() if x.row is not None]
+                p = len(c.prefix)
+                rows = [[_Segment(r.tokens[p:], p, None, r)] for r in c.rows]
                 self._run_bins(_first_fit(rows, self.max_tokens), cache_kv, results, bar)
         bar.close()
         return results  # type: ignore[return-value]
@@ -311,14 +312,14 @@ class HFBackend:
                     bar.update(1)
 
     def _forward(self, ids, mask, pos, cache, keep):
-        """One model call; `keep` (int: last N positions, or index tensor) limits the logits."""
+        """One model call; `keep` (the last N positions) limits the logits."""
         kwargs = {"logits_to_keep": keep} if self._keep else {}
         mask = None if mask is None else mask.to(self.device)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask,
                          position_ids=pos.to(self.device), past_key_values=cache, use_cache=cache is not None,
                          **kwargs)
         if not self._keep:  # a model without logits_to_keep: select here
-            out.logits = out.logits[:, -keep:] if isinstance(keep, int) else out.logits[:, keep]
+            out.logits = out.logits[:, -keep:]
         return out
 
     # ---- generation ----------------------------------------------------------------------

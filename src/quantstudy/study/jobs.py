@@ -87,14 +87,15 @@ def resolve_variant(v, model_config: dict):
 def quantize_job(v, cfg, model_fp: str, model_ref: str, source: Path, out: Path, model_config: dict) -> Job:
     scheme, recipe = resolve_variant(v, model_config)
     calib = cfg.calibration if recipe.needs_calibration else None
-    inputs = {"stage": "quantize", "name": v.name, "model": model_fp, "scheme": _plain(scheme),
+    plain_scheme = _plain(scheme)
+    inputs = {"stage": "quantize", "name": v.name, "model": model_fp, "scheme": plain_scheme,
               "recipe": _plain(recipe), "calibration": calib and calib.record(), "dtype": "bfloat16",
               "code": __version__}
     # A user's jsonl calibration file is identified by its bytes, not its name.
     if calib and calib.source.startswith("jsonl:"):
         inputs["calibration_sha256"] = hashlib.sha256(Path(calib.source[6:]).read_bytes()).hexdigest()
     spec = {"model_ref": model_ref, "source": str(source), "folder": str(out / CHECKPOINTS / v.name),
-            "scheme": v.scheme, "group_size": _plain(scheme).get("weights", {}).get("group_size"),
+            "scheme": v.scheme, "group_size": plain_scheme["weights"]["group_size"],
             "variant": _plain(v), "model_config": model_config, "calibration": calib and calib.record()}
     return Job("quantize", v.name, inputs, spec)
 
@@ -202,12 +203,12 @@ def do_bench(job_key: str, inputs: dict, spec: dict) -> dict:
     return {"skipped": None, "measured": [r.to_dict() for r in results]}
 
 
-def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list, cpu_record: dict | None) -> Job:
+def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list) -> Job:
     from quantstudy.bench.cost import PRICES_FILE
 
     p = cfg.predict
     inputs = {"stage": "predict", "shape": _plain(shape), "shape_name": shape_name, "formats": formats,
-              "hardware": [h if isinstance(h, str) else _plain(h) for h in hardware], "cpu": cpu_record,
+              "hardware": [h if isinstance(h, str) else _plain(h) for h in hardware],
               "use_cases": list(p.use_cases),
               "prices": hashlib.sha256(PRICES_FILE.read_bytes()).hexdigest(), "code": __version__}
     return Job("predict", "predict", inputs, {"hardware": hardware})

@@ -68,8 +68,9 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
     notes = [f"FAILED — {SECTIONS.get(f['stage'], f['stage'])}: {f['stage']} {f['name']}: {f['error']} "
              "(rerun the study to retry; finished jobs are kept)" for f in failures]
     notes += _source_notes(base_folder)
-    if evaluation and _interval_note(evaluation):
-        notes.append(_interval_note(evaluation))
+    interval = _interval_note(evaluation) if evaluation else None
+    if interval:
+        notes.append(interval)
     if bench:
         notes += [f"bench: {s['fmt']} not served on {bench['hardware']}: {s['reason']}" for s in bench["skipped"]]
         notes += [f"bench: {e['fmt']} is only emulated on {bench['hardware']} ({e['reason']}): measured with "

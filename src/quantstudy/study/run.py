@@ -233,7 +233,7 @@ def run_study(cfg: StudyConfig, out: str | Path, executor: str | None = None, ad
     from rich.console import Console
 
     from quantstudy.models import resolve_model
-    from quantstudy.study.results import assemble, write_outputs
+    from quantstudy.study.results import write_outputs
 
     out = Path(out).resolve()
     console = console or Console(stderr=True)
@@ -321,12 +321,12 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
     if cfg.predict:
         from quantstudy.bench.cpu import measure_cpu
         from quantstudy.bench.views import resolve_shape
-        from quantstudy.study.jobs import resolve_variant
 
         shape = resolve_shape(cfg.predict.shape or str(base_folder))
-        formats = ["bf16", *dict.fromkeys(resolve_variant(v, model_config)[0].name for v in cfg.variants)]
+        # every variant's format, as its quantize job resolved it (a failed variant still has one)
+        formats = ["bf16", *dict.fromkeys(job.inputs["scheme"]["name"] for job in qjobs)]
         hardware = [measure_cpu() if h == "cpu" else h for h in cfg.predict.hardware]
-        job = J.predict_job(cfg, shape, cfg.predict.shape or cfg.model, formats, hardware, None)
+        job = J.predict_job(cfg, shape, cfg.predict.shape or cfg.model, formats, hardware)
         rec = runner.run_inline(job, lambda: J.do_predict(job, shape))
         predicted = rec["rows"] if rec else []
 
