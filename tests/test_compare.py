@@ -9,6 +9,7 @@ import pytest
 from quantstudy.compare.generate import TokenGeneration, generate_cached
 from quantstudy.compare.metrics import TextSimilarity, aggregate, bootstrap_indices, first_divergence, mean_interval
 from quantstudy.compare.prompts import CATEGORIES, PROMPT_FILE, Prompt, load_prompts
+from quantstudy.compare.verdict import PARAPHRASE_STS, measure_paraphrase_sts, observation_summary, paper_observation
 from quantstudy.errors import QuantstudyError
 from quantstudy.store import ResultStore
 
@@ -118,6 +119,42 @@ def test_aggregate_rates_and_median():
     for m in ("rouge1", "rougeL", "bertscore", "sts"):
         assert agg[m]["mean"] == pytest.approx(0.6875)
         assert agg[m]["ci"][0] < agg[m]["mean"] < agg[m]["ci"][1]
+
+
+# ---- the paper's observation ---------------------------------------------------------------
+
+def _rows(pairs):
+    """Per-prompt rows from (ROUGE-L, STS) pairs; the other metrics follow ROUGE-L."""
+    return [{"rouge1": r, "rougeL": r, "bertscore": r, "sts": s, "exact_match": r == s == 1.0} for r, s in pairs]
+
+
+def test_paper_observation_judges_by_the_interval_not_the_mean():
+    rng = np.random.default_rng(0)
+    n = 60
+    # reworded, meaning kept: ROUGE-L ~0.45 (the paper's 8B), STS tight around 0.93
+    reworded = aggregate(_rows(zip(rng.uniform(0.3, 0.6, n), rng.uniform(0.90, 0.96, n))), 1000, seed=0)
+    obs = paper_observation(reworded)
+    assert (obs.holds, obs.wording, obs.meaning) == (True, "changed", "kept"), obs.text
+    # meaning lost: STS well below the paraphrase level
+    lost = aggregate(_rows(zip(rng.uniform(0.1, 0.4, n), rng.uniform(0.4, 0.7, n))), 1000, seed=0)
+    assert paper_observation(lost).holds is False and paper_observation(lost).meaning == "changed"
+    # the same STS mean, straddling the level: a mean above it is not enough
+    wide = aggregate(_rows([(0.4, 0.99), (0.4, 0.7)] * 4), 1000, seed=0)
+    assert wide["sts"]["ci"][0] < PARAPHRASE_STS < wide["sts"]["ci"][1] and wide["sts"]["mean"] > PARAPHRASE_STS
+    assert paper_observation(wide).holds is None and "more prompts" in paper_observation(wide).text
+    # identical answers: meaning and wording both kept
+    same = aggregate(_rows([(1.0, 1.0)] * 10), 100, seed=0)
+    assert (paper_observation(same).holds, paper_observation(same).wording) == (True, "kept")
+    summary = observation_summary([("INT8", reworded), ("INT4", lost), ("FP8", wide)])
+    assert "holds for INT8" in summary and "does not hold for INT4" in summary and "undecided for FP8" in summary
+
+
+def test_paraphrase_level_is_what_the_scorer_gives_mrpc_paraphrases(sim):
+    # The bar for "meaning kept" is a measurement of our own scorer, not a number from the paper.
+    level = measure_paraphrase_sts(sim)
+    assert level["paraphrase"]["n"] == 279 and level["not_paraphrase"]["n"] == 129
+    assert level["paraphrase"]["mean"] == pytest.approx(PARAPHRASE_STS, abs=0.002)
+    assert level["not_paraphrase"]["mean"] < PARAPHRASE_STS - 0.1   # the bar separates the two kinds
 
 
 # ---- cached generation (stub model) --------------------------------------------------------

@@ -8,6 +8,7 @@ what the stages emit, not hand-written imitations.
 
 import copy
 import csv
+import html
 import io
 import json
 import re
@@ -23,6 +24,7 @@ from quantstudy.bench.runner import BenchResult
 from quantstudy.compare.metrics import aggregate
 from quantstudy.compare.prompts import Prompt
 from quantstudy.compare.runner import _most_divergent, _per_category
+from quantstudy.compare.verdict import paper_observation
 from quantstudy.evaluate import summary
 from quantstudy.evaluate.records import ItemResult
 from quantstudy.models.shape import ModelShape
@@ -274,7 +276,7 @@ def _section(page, key):
     return m.group(1)
 
 
-def test_html_has_every_section_and_one_png_per_plot(built):
+def test_html_has_every_section_and_one_png_per_plot(built, study):
     page = built["report.html"].read_text()
     for key in ("model", "variants", "accuracy", "similarity", "performance", "recommendation", "preflight"):
         body = _section(page, key)
@@ -284,6 +286,13 @@ def test_html_has_every_section_and_one_png_per_plot(built):
     assert "http" not in " ".join(re.findall(r'(?:src|href)="([^"]*)"', page))
     assert "<script" not in page and "&lt;script&gt;" in page
     assert "fp8-block on a6000" in _section(page, "preflight")
+    # the similarity section answers the paper's "wording changes, meaning kept", per variant
+    sim = re.sub(r"<[^>]+>", " ", _section(page, "similarity"))
+    assert "small models change wording but keep meaning" in sim
+    for name in VARIANTS:
+        verdict = paper_observation(next(v for v in study["compare"]["variants"]
+                                         if v["name"] == name)["aggregates"])
+        assert html.escape(verdict.text.split(" — ")[0]) in sim, name
 
 
 def test_tables_have_one_row_per_task_and_variant(built, study):

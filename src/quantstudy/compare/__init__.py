@@ -2,7 +2,8 @@
 
 `prompts` (the packaged open-ended prompt set), `generate` (cached greedy generations),
 `metrics` (ROUGE, BERTScore, STS, exact match, first divergence; bootstrap aggregates),
-`runner` (`compare_models`, `compare_table`, `side_by_side`, `run_compare_cli`).
+`verdict` (does the paper's "wording changes, meaning kept" hold for a variant), `runner`
+(`compare_models`, `compare_table`, `side_by_side`, `run_compare_cli`).
 
 Names are re-exported lazily: importing the package must not pull in torch or the scorers.
 """
@@ -13,7 +14,7 @@ _EXPORTS = {
     "compare_models": "runner", "compare_table": "runner", "side_by_side": "runner",
     "run_compare_cli": "runner", "TextSimilarity": "metrics", "aggregate": "metrics",
     "first_divergence": "metrics", "load_prompts": "prompts", "Prompt": "prompts",
-    "generate_cached": "generate",
+    "generate_cached": "generate", "paper_observation": "verdict", "observation_summary": "verdict",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -139,6 +139,10 @@ class TextSimilarity:
                 out[i] = float(x)
         return out
 
+    def sts(self, a: Sequence[str], b: Sequence[str]) -> list[float]:
+        """Cosine of the sentence embeddings of `a[i]` and `b[i]` (no identity snapping)."""
+        return self._sts(a, b)
+
     def _sts(self, baseline: Sequence[str], variant: Sequence[str]) -> list[float]:
         texts = list(dict.fromkeys([*baseline, *variant]))  # identical texts embed once
         emb = self.sts_model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,

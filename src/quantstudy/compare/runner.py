@@ -19,6 +19,7 @@ from pathlib import Path
 from quantstudy.compare.generate import DEFAULT_MAX_NEW_TOKENS, TokenBackend, generate_cached
 from quantstudy.compare.metrics import SIMILARITY, TextSimilarity, aggregate
 from quantstudy.compare.prompts import PROMPT_FILE, load_prompts
+from quantstudy.compare.verdict import STS_CAVEAT, paper_observation
 from quantstudy.errors import QuantstudyError
 from quantstudy.store import ResultStore
 
@@ -96,9 +97,10 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
         rows = scorer.score([g["text"] for g in base], [g["text"] for g in gens],
                             [g["tokens"] for g in base], [g["tokens"] for g in gens])
         per_prompt = [{"id": p.id, "category": p.category, **row} for p, row in zip(prompts, rows)]
+        aggregates = aggregate(rows, n_bootstrap=n_bootstrap, seed=seed)
         report["variants"].append({
             "name": name, "folder": str(folder), "model_id": var_id, "scheme": scheme,
-            "aggregates": aggregate(rows, n_bootstrap=n_bootstrap, seed=seed),
+            "aggregates": aggregates, "paper_observation": paper_observation(aggregates).to_dict(),
             "per_category": _per_category(per_prompt),
             "examples": _most_divergent(prompts, base, gens, rows, n_examples),
             "per_prompt": per_prompt,
@@ -201,6 +203,9 @@ def run_compare_cli(model: str, variants: Sequence[str | Path], store: str | Pat
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1))
     console.print(compare_table(report))
+    console.print("The paper's \"small models change wording but keep meaning\" (" + STS_CAVEAT + "):")
+    for v in report["variants"]:
+        console.print(f"  {_escape(v['name'])}: {_escape(paper_observation(v['aggregates']).text)}")
     if examples > 0:
         console.print(side_by_side(report, examples))
     if out:

@@ -71,7 +71,8 @@ def _similarity(results: dict, table: Table, png: bytes | None) -> str:
     s = cmp.get("settings") or {}
     out = [f"<p>{esc(s.get('n_prompts', '?'))} prompts, greedy decoding, at most {esc(s.get('max_new_tokens', '?'))} "
            f"new tokens. BERTScore: {esc(s.get('bertscore', 'see settings'))}.</p>", table_html(table),
-           figure(png, "text similarity per variant"), "<h3>Most divergent examples</h3>"]
+           figure(png, "text similarity per variant"), _observation(results, cmp),
+           "<h3>Most divergent examples</h3>"]
     for v in cmp["variants"]:
         for ex in (v.get("examples") or [])[:EXAMPLES_PER_VARIANT]:
             out.append(
@@ -82,6 +83,16 @@ def _similarity(results: dict, table: Table, png: bytes | None) -> str:
                 f'<div><b>{esc(variant_label(results, v["name"]))}</b><pre>{esc(ex["variant"])}</pre></div>'
                 "</div></div>")
     return "".join(out)
+
+
+def _observation(results: dict, cmp: dict) -> str:
+    """Whether the paper's "small models change wording but keep meaning" holds, per variant."""
+    from quantstudy.compare.verdict import STS_CAVEAT, paper_observation
+
+    items = [f"{variant_label(results, v['name'])}: {paper_observation(v['aggregates']).text}"
+             for v in cmp["variants"]]
+    return ("<h3>The paper's observation: small models change wording but keep meaning</h3>"
+            + bullet_list(items) + f"<p>{esc(STS_CAVEAT)}.</p>")
 
 
 def _performance(results: dict, measured: Table, predicted: Table, png: bytes | None) -> str:

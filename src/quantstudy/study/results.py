@@ -71,6 +71,14 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
     interval = _interval_note(evaluation) if evaluation else None
     if interval:
         notes.append(interval)
+    if comparison and comparison.get("variants"):
+        from quantstudy.compare.verdict import observation_summary
+
+        labels = {v["name"]: v["label"] for v in variants}
+        summary = observation_summary([(labels.get(v["name"], v["name"]), v["aggregates"])
+                                       for v in comparison["variants"]])
+        if summary:
+            notes.append("text similarity: " + summary)
     if bench:
         notes += [f"bench: {s['fmt']} not served on {bench['hardware']}: {s['reason']}" for s in bench["skipped"]]
         notes += [f"bench: {e['fmt']} is only emulated on {bench['hardware']} ({e['reason']}): measured with "
