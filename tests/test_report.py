@@ -173,6 +173,17 @@ def test_a_degraded_perplexity_is_a_caveat_the_accuracy_average_cannot_hide(stud
     assert not any("ppl" in w for w in recommend(worse, {"min_recovery": bar}).candidate("w4a16").warnings)
 
 
+def test_answers_whose_meaning_moves_are_a_caveat(study):
+    moved = copy.deepcopy(study)
+    agg = next(v for v in moved["compare"]["variants"] if v["name"] == "w4a16")["aggregates"]
+    bar = _recovery(study, "w4a16") - 0.001
+    agg["sts"] = {"mean": 0.70, "ci": [0.62, 0.77]}     # whole interval below the paraphrase level
+    rec = recommend(moved, {"min_recovery": bar})
+    assert rec.chosen == "w4a16" and "meaning moves from BF16's (STS 0.70 [0.62, 0.77]" in rec.explanation
+    agg["sts"] = {"mean": 0.86, "ci": [0.80, 0.91]}     # straddles it: undecided, no caveat
+    assert not any("meaning" in w for w in recommend(moved, {"min_recovery": bar}).candidate("w4a16").warnings)
+
+
 def test_raising_min_recovery_above_w4a16_picks_another_and_names_the_constraint(study):
     bar = _recovery(study, "w4a16") + 0.001
     rec = recommend(study, {"min_recovery": bar})

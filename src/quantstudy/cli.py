@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# transformers' warnings about a model's own config (e.g. "Ignoring clean_up_tokenization_spaces
+# for BPE") are noise between our progress lines; set TRANSFORMERS_VERBOSITY=warning to see them.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import typer
 from rich.console import Console

@@ -299,6 +299,15 @@ def _candidate(name, fmt, label, results, dep, hw, predicted) -> Candidate:
             if e.get("metric") != "accuracy" and c.get("verdict") == "degraded" and c.get("recovery") is not None:
                 warnings.append(f"{task} recovery {_pct(c['recovery'])} is degraded, which the accuracy "
                                 "average does not include")
+        for v in (results.get("compare") or {}).get("variants") or []:
+            if v["name"] == name:   # answers whose meaning moves: a cost the scores need not show
+                from quantstudy.compare.verdict import PARAPHRASE_STS, paper_observation
+
+                if paper_observation(v["aggregates"]).meaning == "changed":
+                    sts = v["aggregates"]["sts"]
+                    warnings.append(f"its answers' meaning moves from BF16's (STS {sts['mean']:.2f} "
+                                    f"[{sts['ci'][0]:.2f}, {sts['ci'][1]:.2f}], below the paraphrase level "
+                                    f"{PARAPHRASE_STS:.2f})")
     got = (cost or {}).get
     return Candidate(name, fmt, label, rec, ci, verdict, groups, status, got("queries_per_usd"), source,
                      got("latency_s"), got("requests_per_s"), got("gpus"), got("usd_per_hour"), not reasons,
