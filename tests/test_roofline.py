@@ -198,6 +198,8 @@ def test_cpu_factors_are_the_fit_and_predict_what_was_not_fitted():
     assert fit.compute_eff["bf16"] == pytest.approx(c.compute_eff["bf16"], rel=0.01)
     for kernel, (cm, mm) in c.kernel_mult.items():
         assert fit.kernel_mult[kernel] == pytest.approx((cm, mm), rel=0.01), kernel
+    for kernel, d in c.per_forward.items():
+        assert fit.per_forward[kernel] == pytest.approx(d, rel=0.01), kernel
     # ... the fitted formats come back exactly, and the points left out of the fit land close:
     # INT8 at 1 and 16 sequences, FP8 at 16 (measured 36.65 / 397.1 / 26.2 tok/s).
     predicted = cpu_fit.predicted_rates(c)

