@@ -83,7 +83,7 @@ def test_paraphrase_keeps_meaning_and_unrelated_loses_everything(sim):
 
 def test_identity_guard_catches_a_broken_scorer(sim, monkeypatch):
     # An "identical" pair the scorer rates 0.9 means the scorer is wrong, not the texts.
-    monkeypatch.setattr(sim, "_sts", lambda b, v: [0.9] * len(b))
+    monkeypatch.setattr(sim, "sts", lambda b, v: [0.9] * len(b))
     with pytest.raises(QuantstudyError, match="STS of two identical texts"):
         sim.score([BASE], [BASE])
     assert sim.score([BASE], [UNRELATED])[0]["sts"] == 0.9  # different texts are not touched

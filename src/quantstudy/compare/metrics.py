@@ -104,7 +104,7 @@ class TextSimilarity:
             return []
         rouge = [self.rouge.score(b, v) for b, v in zip(baseline, variant)]
         bert = self._bertscore(baseline, variant)
-        sts = self._sts(baseline, variant)
+        sts = self.sts(baseline, variant)
         rows = []
         for i, (b, v) in enumerate(zip(baseline, variant)):
             same = b == v
@@ -139,11 +139,8 @@ class TextSimilarity:
                 out[i] = float(x)
         return out
 
-    def sts(self, a: Sequence[str], b: Sequence[str]) -> list[float]:
-        """Cosine of the sentence embeddings of `a[i]` and `b[i]` (no identity snapping)."""
-        return self._sts(a, b)
-
-    def _sts(self, baseline: Sequence[str], variant: Sequence[str]) -> list[float]:
+    def sts(self, baseline: Sequence[str], variant: Sequence[str]) -> list[float]:
+        """Cosine of the sentence embeddings of `baseline[i]` and `variant[i]` (no identity snapping)."""
         texts = list(dict.fromkeys([*baseline, *variant]))  # identical texts embed once
         emb = self.sts_model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False).astype(np.float64)

@@ -205,7 +205,7 @@ def run_compare_cli(model: str, variants: Sequence[str | Path], store: str | Pat
     console.print(compare_table(report))
     console.print("The paper's \"small models change wording but keep meaning\" (" + STS_CAVEAT + "):")
     for v in report["variants"]:
-        console.print(f"  {_escape(v['name'])}: {_escape(paper_observation(v['aggregates']).text)}")
+        console.print(f"  {_escape(v['name'])}: {_escape(v['paper_observation']['text'])}")
     if examples > 0:
         console.print(side_by_side(report, examples))
     if out:

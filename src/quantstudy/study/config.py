@@ -6,7 +6,7 @@ can be `false` to skip them. Every error names the file, the line and the field
 
 Defaults reproduce the paper's grid (BF16; W8A8-FP8 by RTN; W8A8-INT8 by SmoothQuant 0.8 +
 GPTQ; W4A16 by GPTQ, AWQ and RTN) with limits sized so the whole study, vLLM bench
-included, runs in under 30 minutes on a 2-core CPU (about 17 minutes when the cores are idle).
+included, runs in under 30 minutes on a 2-core CPU (about 18 minutes when the cores are idle).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class EvaluateConfig:
     # Log-likelihood tasks only by default: a 135M model scores ~0 on GSM8K/HumanEval, where
     # recovery is noise, and generation costs 10x more per item on this CPU.
     tasks: tuple[str, ...] = ("arc_challenge", "hellaswag", "winogrande", "ppl", "kl")
-    # 100 items per task: ~10 min for six models here (the study ~17 min in all on 2 idle
+    # 100 items per task: ~7 min for six models here (the study ~18 min in all on 2 idle
     # cores); per-task recovery intervals about +-12 points (+-17 at 50 items). Raise it
     # where time allows: the width shrinks as 1/sqrt(items).
     limit: int | None = 100

@@ -161,12 +161,12 @@ class _Runner:
 
     # -- bench ------------------------------------------------------------------------------------
     def bench(self, models: list[tuple[str, Path, str]]) -> dict:
-        from quantstudy.bench.cpu import _cpu_model
+        from quantstudy.bench.cpu import cpu_model
         from quantstudy.bench.preflight import preflight
         from quantstudy.bench.runner import checkpoint_format
 
         hw = bench_hardware()
-        identity = {"name": hw.name, "host": platform.node(), "cpu": _cpu_model()}
+        identity = {"name": hw.name, "host": platform.node(), "cpu": cpu_model()}
         bjobs, seen = [], {}
         for name, folder, fp in models:
             fmt = checkpoint_format(folder)
