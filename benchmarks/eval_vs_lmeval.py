@@ -32,12 +32,12 @@ def child_ours(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from quantstudy.evaluate.backend import HFBackend
+    from quantstudy.inference.hf_engine import HFEngine
     from quantstudy.evaluate.tasks.multiple_choice import TASKS
-    from quantstudy.models import load_model
+    from quantstudy.inference.loading import load_model
 
     model, tokenizer, _ = load_model("smollm2-135m", dtype="float32")
-    backend = HFBackend(model, tokenizer, batch_size=args.batch_size, progress=False)
+    backend = HFEngine(model, tokenizer, batch_size=args.batch_size, progress=False)
     calls = _time_calls(backend, "loglikelihood")
     start, cpu = time.perf_counter(), time.process_time()
     items = {}
@@ -94,7 +94,7 @@ def run_child(side: str, argv: list[str]) -> dict:
 
 def compare(ours: dict, theirs: dict) -> dict:
     from quantstudy.evaluate.lmeval_ref import compare as compare_items
-    from quantstudy.evaluate.records import ItemResult
+    from quantstudy.items import ItemResult
 
     report = {}
     for task, items in ours["items"].items():

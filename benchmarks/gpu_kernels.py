@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from quantstudy.bench.hardware import get_gpu  # noqa: E402
+from quantstudy.hardware import get_gpu  # noqa: E402
 from quantstudy.kernels.linear import (FORMATS, GEMM_DTYPE, prepare, relative_error,  # noqa: E402
                                        triton_usable, weight_bytes)
 from quantstudy.models.shape import ModelShape  # noqa: E402
@@ -200,7 +200,7 @@ def markdown(summary: dict, formats: list[str]) -> str:
 
 
 def write_record(path: Path, result: dict) -> None:
-    """The card's figures for the roofline model (quantstudy.bench.hardware.measured_efficiency)."""
+    """The card's figures for the roofline model (quantstudy.bench.roofline_constants.measured_efficiency)."""
     env, gpu = result["env"], get_gpu(result["env"]["device"])
     record = {"card": env["device"], "catalogue_entry": gpu.name, "date": env["date"],
               "torch": env["torch"], "triton": env.get("triton"), "ceilings": env["ceilings"],

@@ -48,7 +48,7 @@ def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int
     start = time.perf_counter()
     from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.quantize.pipeline import quantize_checkpoint
-    from quantstudy.quantize.sequential import Recipe
+    from quantstudy.quantize.recipes import Recipe
     from quantstudy.schemes import get_scheme
 
     scheme_name, kwargs = RECIPES[recipe]
@@ -85,8 +85,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from quantstudy.evaluate.perplexity import perplexity
-    from quantstudy.models import load_model
-    from quantstudy.quantize.calibration import CalibrationSpec, heldout_texts, load_calibration
+    from quantstudy.data.text import heldout_texts
+    from quantstudy.inference.loading import load_model
+    from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 
     peer_python = ensure_peer_env()
     base, tokenizer, model_dir = load_model(args.model)

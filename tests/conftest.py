@@ -13,7 +13,7 @@ import torch
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model in float32: (model, tokenizer, folder). Converted once, cached."""
-    from quantstudy.models import load_model
+    from quantstudy.inference.loading import load_model
 
     torch.manual_seed(0)
     return load_model("smollm2-135m", dtype="float32")

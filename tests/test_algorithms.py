@@ -11,14 +11,8 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales, input_statistics
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.gptq import accumulate_hessian, gptq_quantize
-from quantstudy.quantize.primitives import (
-    compute_qparams,
-    dequantize,
-    mse_clip_qparams,
-    quantize,
-    reduce_min_max,
-    reduce_sum,
-)
+from quantstudy.numerics import dequantize, quantize
+from quantstudy.quantize.primitives import compute_qparams, mse_clip_qparams, reduce_min_max, reduce_sum
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.sequential import smooth_model
 from quantstudy.schemes import get_scheme

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantstudy.bench.engine import API_MODULE, VLLMServer, group_members, last_error_line
+from quantstudy.inference.vllm_server import API_MODULE, VLLMServer, group_members, last_error_line
 from quantstudy.bench.load import (Profile, Request, make_requests, percentile, poisson_arrivals, run_load,
                                    summarize, use_case_shape, RequestResult)
 from quantstudy.errors import QuantstudyError
@@ -348,7 +348,7 @@ def test_run_bench_refuses_a_server_that_miscounts_tokens(fake_vllm, tmp_path):
 def test_server_dies_with_a_killed_client(fake_vllm, tmp_path):
     """SIGKILL runs neither __exit__ nor atexit: the parent-death signal must end the server."""
     client = subprocess.Popen([sys.executable, "-c", (
-        "import os, signal, sys; from quantstudy.bench.engine import VLLMServer\n"
+        "import os, signal, sys; from quantstudy.inference.vllm_server import VLLMServer\n"
         f"s = VLLMServer({str(tmp_path)!r}, 'fake', python={str(fake_vllm)!r}); s.start()\n"
         "os.kill(os.getpid(), signal.SIGKILL)")])
     assert client.wait(timeout=60) == -signal.SIGKILL

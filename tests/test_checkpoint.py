@@ -7,12 +7,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantstudy.quantize.checkpoint import (
-    load_dequantized_weights,
-    load_fake_quant_model,
-    read_checkpoint_info,
-    save_checkpoint,
-)
+from quantstudy.inference.loading import load_fake_quant_model
+from quantstudy.models.checkpoint import load_dequantized_weights, read_checkpoint_info
+from quantstudy.quantize.writer import save_checkpoint
 from quantstudy.quantize.model import apply_fake_quant, quantize_model_weights
 from quantstudy.schemes import PRESETS
 

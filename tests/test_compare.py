@@ -6,9 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from quantstudy.compare.generate import TokenGeneration, generate_cached
+from quantstudy.compare.generate import generate_cached
 from quantstudy.compare.metrics import TextSimilarity, aggregate, bootstrap_indices, first_divergence, mean_interval
-from quantstudy.compare.prompts import CATEGORIES, PROMPT_FILE, Prompt, load_prompts
+from quantstudy.data.prompts import CATEGORIES, PROMPT_FILE, Prompt, load_prompts
+from quantstudy.inference.requests import Generation
 from quantstudy.compare.verdict import PARAPHRASE_STS, measure_paraphrase_sts, observation_summary, paper_observation
 from quantstudy.errors import QuantstudyError
 from quantstudy.store import ResultStore
@@ -44,7 +45,7 @@ def test_prompt_set_is_large_balanced_and_well_formed():
 
 
 def test_sourced_prompts_avoid_the_calibration_set():
-    from quantstudy.quantize.calibration import instruct_conversations
+    from quantstudy.data.text import instruct_conversations
 
     calibration = {conv[0]["content"] for conv in instruct_conversations(heldout=False)}
     for p in load_prompts():
@@ -174,7 +175,7 @@ class _CountingBackend:
 
     def generate(self, requests):
         _CountingBackend.requests += len(requests)
-        return [TokenGeneration(f"{self.model}:{r.prompt}", 2, (len(r.prompt), r.max_new_tokens)) for r in requests]
+        return [Generation(f"{self.model}:{r.prompt}", 2, (len(r.prompt), r.max_new_tokens)) for r in requests]
 
 
 def test_generations_are_cached_per_prompt(tmp_path):
@@ -187,7 +188,7 @@ def test_generations_are_cached_per_prompt(tmp_path):
 
     with ResultStore(tmp_path / "s.sqlite") as store:
         run = lambda ps, n=16: generate_cached(store, "model-a", loader, _PlainTokenizer(), ps, max_new_tokens=n,
-                                               batch_size=2, backend_factory=_CountingBackend)
+                                               batch_size=2, engine_factory=_CountingBackend)
         first = run(prompts[:3])
         assert _CountingBackend.requests == 3 and len(loads) == 1
         assert first[0] == {"text": "m:prompt 0", "tokens": [8, 16], "exact_tokens": True}
@@ -204,7 +205,7 @@ def test_generations_are_cached_per_prompt(tmp_path):
 
 @pytest.mark.slow
 def test_int8_variant_diverges_less_than_int4_and_reruns_hit_the_cache(smollm2, tmp_path):
-    from quantstudy.compare.generate import TokenBackend
+    from quantstudy.inference.hf_engine import HFEngine
     from quantstudy.compare.runner import compare_models, compare_table, side_by_side
     from quantstudy.quantize.pipeline import quantize_loaded
     from quantstudy.schemes import get_scheme
@@ -216,14 +217,14 @@ def test_int8_variant_diverges_less_than_int4_and_reruns_hit_the_cache(smollm2, 
 
     calls = []
 
-    class Counting(TokenBackend):
+    class Counting(HFEngine):
         def generate(self, requests):
             calls.append(len(requests))
             return super().generate(requests)
 
     sim = TextSimilarity()
     run = lambda: compare_models("smollm2-135m", dirs, tmp_path / "store.sqlite", limit=8, max_new_tokens=48,
-                                 seed=0, similarity=sim, backend_factory=Counting)
+                                 seed=0, similarity=sim, engine_factory=Counting)
     report = run()
     assert sum(calls) == 3 * 8                       # baseline + two variants, each prompt once
     int8, int4 = (v["aggregates"] for v in report["variants"])

@@ -11,8 +11,9 @@ import random
 import pytest
 import torch
 
-from quantstudy.evaluate.backend import HFBackend
-from quantstudy.evaluate.records import GenerateRequest, LoglikRequest
+from quantstudy.inference.hf_engine import HFEngine as HFBackend
+from quantstudy.inference.hf_packing import build_clusters, build_rows
+from quantstudy.inference.requests import GenerateRequest, LoglikRequest
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_results_follow_request_order(setup):
 def test_prefix_sharing_groups_the_mmlu_subject(setup):
     model, tokenizer, reqs, _ = setup
     backend = HFBackend(model, tokenizer, progress=False)
-    clusters = backend._clusters(backend._rows(backend.encode_pairs(reqs)))
+    clusters = build_clusters(build_rows(backend.encode_pairs(reqs), backend.max_length))
     mmlu = [c for c in clusters if len(c.prefix) > 200]  # the 5-shot prompt, once
     assert len(mmlu) == 1 and len(mmlu[0].rows) == 2  # two questions, their 4 letters deduplicated
     assert sum(c.size() for c in clusters) < sum(len(r.tokens) for c in clusters for r in c.rows)

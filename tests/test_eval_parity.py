@@ -19,7 +19,7 @@ TASKS = list(LIMITS)
 
 @pytest.fixture(scope="module")
 def both(smollm2, tmp_path_factory):
-    from quantstudy.evaluate.backend import HFBackend
+    from quantstudy.inference.hf_engine import HFEngine as HFBackend
     from quantstudy.evaluate.lmeval_ref import run_lmeval
     from quantstudy.evaluate.tasks.multiple_choice import MC_TASKS
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from quantstudy.evaluate.records import Generation, ItemResult
+from quantstudy.items import ItemResult
+from quantstudy.inference.requests import Generation
 from quantstudy.evaluate.tasks import gsm8k, ruler
 from quantstudy.store import ResultStore, content_key
 
@@ -65,7 +66,7 @@ def test_ruler_places_the_needle_at_its_depth_and_scores_recall(smollm2):
 
 def test_perplexity_and_kl_items(smollm2):
     from quantstudy.evaluate.perplexity import kl_items, perplexity_items, perplexity_of, token_windows
-    from quantstudy.quantize.calibration import heldout_texts
+    from quantstudy.data.text import heldout_texts
 
     model, tokenizer, _ = smollm2
     windows = token_windows(tokenizer, heldout_texts("wikitext"), seq_len=128, max_windows=4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantstudy.bench.hardware import get_gpu
+from quantstudy.hardware import get_gpu
 from quantstudy.kernels.w4a16_triton import pack_int4_groups, unpack_int4_groups
 from quantstudy.models.shape import ModelShape
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import GenerateRequest, Generation
+from quantstudy.inference.requests import GenerateRequest, Generation
 from quantstudy.evaluate.tasks import humaneval
 
 

@@ -10,7 +10,7 @@ from itertools import combinations
 import pytest
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import GenerateRequest, Generation
+from quantstudy.inference.requests import GenerateRequest, Generation
 from quantstudy.evaluate.tasks import ifeval
 
 

@@ -8,7 +8,7 @@ import torch
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.models import resolve_model
-from quantstudy.models.loading import validate_hf_folder
+from quantstudy.models.references import validate_hf_folder
 
 
 def _write_folder(tmp_path, config=None, weights=True):

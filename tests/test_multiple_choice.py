@@ -129,7 +129,7 @@ def test_choose_matches_numpy_argmax_including_ties():
 
 
 def test_score_uses_headline_metric_and_chars_for_acc_norm():
-    from quantstudy.evaluate.records import Loglik
+    from quantstudy.inference.requests import Loglik
 
     doc = {"id": "x", "index": "0", "query": "q", "choices": ["a", "bbbb"], "gold": 1}
     # raw: option 0 wins (-2 > -3); per character: option 1 wins (-0.75 > -2)

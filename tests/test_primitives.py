@@ -3,15 +3,8 @@
 import pytest
 import torch
 
-from quantstudy.quantize.primitives import (
-    FP8_MAX,
-    dequantize,
-    int_range,
-    quantize,
-    quantize_activations,
-    reduce_min_max,
-    sqnr_db,
-)
+from quantstudy.numerics import FP8_MAX, dequantize, int_range, quantize, quantize_activations, sqnr_db
+from quantstudy.quantize.primitives import reduce_min_max
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.schemes import PRESETS, ActivationQuant, NumberType, Strategy
 
@@ -102,7 +95,7 @@ def test_rtn_matches_compressed_tensors_bit_for_bit(gaussian, name, scale_dtype)
     from compressed_tensors.quantization.lifecycle.forward import quantize as ct_quantize
     from compressed_tensors.quantization.utils.helpers import calculate_qparams
 
-    from quantstudy.quantize.checkpoint import ct_scheme
+    from quantstudy.models.checkpoint import ct_scheme
 
     scheme = _scheme(name, 64)
     args = ct_scheme(scheme).weights

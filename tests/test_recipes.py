@@ -7,10 +7,11 @@ import torch
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate.perplexity import perplexity
-from quantstudy.quantize.calibration import CalibrationSpec, heldout_texts, load_calibration
-from quantstudy.quantize.checkpoint import load_fake_quant_model
+from quantstudy.data.text import heldout_texts
+from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
+from quantstudy.inference.loading import load_fake_quant_model
 from quantstudy.quantize.pipeline import quantize_loaded
-from quantstudy.quantize.sequential import Recipe
+from quantstudy.quantize.recipes import Recipe
 from quantstudy.schemes import get_scheme
 
 
@@ -27,7 +28,7 @@ def test_calibration_is_deterministic_and_full_length(smollm2):
 
 @pytest.mark.slow
 def test_heldout_text_never_calibrates(smollm2):
-    from quantstudy.quantize.calibration import wikitext_texts
+    from quantstudy.data.text import wikitext_texts
 
     calib = set(wikitext_texts())
     assert calib and not calib & set(heldout_texts("wikitext"))
@@ -138,7 +139,9 @@ def test_gptq_hessians_are_the_inputs_own_xtx():
     for h in hooks:
         h.remove()
     seen = {}
-    real = sequential.gptq_quantize
+    from quantstudy.quantize.algorithms import gptq as gptq_handler
+
+    real = gptq_handler.gptq_quantize
 
     def spy(w, h, *args, layer: str = "", **kwargs):
         seen[layer.rsplit(".", 1)[-1]] = h.clone()
@@ -146,12 +149,12 @@ def test_gptq_hessians_are_the_inputs_own_xtx():
 
     fresh = LlamaForCausalLM(config).eval()
     fresh.load_state_dict(model.state_dict())
-    sequential.gptq_quantize = spy
+    gptq_handler.gptq_quantize = spy
     try:
         sequential.quantize_sequential(fresh, get_scheme("w4a16", 32), Recipe(algorithm="gptq"), calib,
                                        torch.float32, batch_size=2)
     finally:
-        sequential.gptq_quantize = real
+        gptq_handler.gptq_quantize = real
     assert set(seen) == {"q_proj", "o_proj", "gate_proj", "down_proj"}   # q/k/v and gate/up stacked
     for owner, h in seen.items():
         x = torch.cat([t.reshape(-1, t.shape[-1]) for t in reference[owner]]).double()

@@ -22,11 +22,11 @@ from quantstudy.bench.load import RequestResult, summarize
 from quantstudy.bench.roofline import weight_bytes
 from quantstudy.bench.runner import BenchResult
 from quantstudy.compare.metrics import aggregate
-from quantstudy.compare.prompts import Prompt
+from quantstudy.data.prompts import Prompt
 from quantstudy.compare.runner import _most_divergent, _per_category
 from quantstudy.compare.verdict import paper_observation
 from quantstudy.evaluate import summary
-from quantstudy.evaluate.records import ItemResult
+from quantstudy.items import ItemResult
 from quantstudy.models.shape import ModelShape
 from quantstudy.schemes import PRESETS
 from quantstudy.recommend import BASELINE, pareto_front, recommend
@@ -345,3 +345,50 @@ def test_missing_stages_say_not_run(study, tmp_path):
         assert "Not run in this study" in _section(page, key)
     assert "Not run in this study" in _section(page, "performance")          # nothing measured
     assert "no average recovery measured" in _section(page, "recommendation")
+
+
+# ---- results.json, typed and versioned ------------------------------------------------------------
+
+def test_results_round_trip_through_the_typed_record(built, study):
+    from quantstudy.results import SCHEMA_VERSION, StudyResults, load_results
+
+    typed = StudyResults.from_json(study)            # the unversioned (schema 1) shape of the fixture
+    assert StudyResults.from_json(typed.to_json()) == typed
+    written = json.loads(built["results.json"].read_text())
+    assert written["schema_version"] == SCHEMA_VERSION
+    assert load_results(built["results.json"]) == typed
+    # every measurement is read under one spelling of each field
+    assert {p.fmt for p in typed.measured_points()} == {"bf16", "w4a16"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"schema_version": 99, "model": {"ref": "m", "name": "m"}}, "schema version 99, written by a newer quantstudy"),
+    ([1, 2, 3], "not a results object"),
+    ({"variants": []}, "does not fit StudyResults: model"),
+    ("{not json", "is not valid JSON"),
+])
+def test_report_refuses_what_it_cannot_read_in_one_line(content, message, tmp_path):
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    path = tmp_path / "results.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    result = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "report").exists()
+
+
+def test_report_reads_an_older_unversioned_results_file(built, study, tmp_path):
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    old = json.loads(built["results.json"].read_text())
+    del old["schema_version"]     # as results.json was written before the schema had a version
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    result = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "report.html").read_text() == built["report.html"].read_text()

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import ItemResult
+from quantstudy.items import ItemResult
 from quantstudy.evaluate.stats import (DEGRADED, WITHIN_NOISE, compare_aggregate, compare_task, mcnemar)
 
 

@@ -126,19 +126,25 @@ def test_job_keys_hash_inputs_not_paths():
 
 
 def test_bench_jobs_load_native_formats_and_only_time_emulated_ones():
+    from quantstudy.bench.plan import plan_run
     from quantstudy.study.jobs import bench_job
 
     cfg = StudyConfig()
     hw = {"name": "cpu", "host": "h", "cpu": "c"}
-    native = bench_job(cfg, "w8a8-int8", "fp", Path("/x"), "w8a8-int8", hw, {"status": "native", "reason": ""})
+    b = cfg.bench
+
+    def job(name, folder, fmt, hardware, status, reason):
+        run = plan_run(name, folder, fmt, status, reason, b.modes, b.requests, b.concurrency, b.fallback_requests)
+        return bench_job(cfg, run, "fp", hardware)
+
+    native = job("w8a8-int8", Path("/x"), "w8a8-int8", hw, "native", "")
     assert native.inputs["modes"] == ["synchronous", "concurrent"]
     assert native.inputs["requests"] == {"synchronous": 4, "concurrent": 8}   # the batch of 4 fills twice
-    emulated = bench_job(cfg, "w8a8-fp8", "fp", Path("/x"), "w8a8-fp8", hw, {"status": "fallback", "reason": "r"})
+    emulated = job("w8a8-fp8", Path("/x"), "w8a8-fp8", hw, "fallback", "r")
     assert emulated.inputs["modes"] == ["synchronous"] and emulated.inputs["requests"] == {"synchronous": 1}
-    moved = bench_job(cfg, "w8a8-int8", "fp", Path("/elsewhere"), "w8a8-int8", hw, {"status": "native", "reason": ""})
+    moved = job("w8a8-int8", Path("/elsewhere"), "w8a8-int8", hw, "native", "")
     assert moved.key == native.key   # the folder is not an input; the host is
-    assert bench_job(cfg, "w8a8-int8", "fp", Path("/x"), "w8a8-int8", {**hw, "host": "other"},
-                     {"status": "native", "reason": ""}).key != native.key
+    assert job("w8a8-int8", Path("/x"), "w8a8-int8", {**hw, "host": "other"}, "native", "").key != native.key
 
 
 # ---- running studies ----------------------------------------------------------------------------

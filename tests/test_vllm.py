@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantstudy.quantize.checkpoint import load_fake_quant_model
+from quantstudy.inference.loading import load_fake_quant_model
 from quantstudy.quantize.pipeline import quantize_loaded
 from quantstudy.schemes import get_scheme
 

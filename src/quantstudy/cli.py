@@ -112,7 +112,7 @@ def quantize(
     """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load."""
     from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.quantize.pipeline import quantize_checkpoint
-    from quantstudy.quantize.sequential import Recipe
+    from quantstudy.quantize.recipes import Recipe
     from quantstudy.schemes import get_scheme
 
     chosen = get_scheme(scheme, group_size)
@@ -142,7 +142,7 @@ def quantize(
 @one_line_errors
 def info(path: Path = typer.Argument(..., help="A compressed-tensors checkpoint folder.")) -> None:
     """Print what a quantized checkpoint holds: scheme, format, layers, size, recipe."""
-    from quantstudy.quantize.checkpoint import read_checkpoint_info
+    from quantstudy.models.checkpoint import read_checkpoint_info
 
     ci = read_checkpoint_info(path)
     s = ci.scheme
@@ -196,7 +196,7 @@ def study(
     # embedded model: 33 s spinning vs 4 s passive on 2 busy cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from quantstudy.study import load_config, run_study
-    from quantstudy.study.results import print_summary
+    from quantstudy.study.assemble import print_summary
 
     cfg = load_config(config)
     outcome = run_study(cfg, out, executor=executor, address=address, console=err_console)
@@ -269,7 +269,8 @@ def predict(
     published A6000 runs and measured on an H200 (see README). Formats a card cannot run
     natively are flagged (preflight), and predicted with the fallback kernel vLLM uses.
     """
-    from quantstudy.bench.roofline import USE_CASES, resolve_hardware
+    from quantstudy.bench.roofline import resolve_hardware
+    from quantstudy.bench.roofline_constants import USE_CASES
     from quantstudy.bench.views import preflight_notes, prediction_table, resolve_shape
 
     shape = resolve_shape(model_config)
@@ -327,8 +328,10 @@ def bench(
     mode: str = typer.Option("sync", help="sync (one request at a time), async (fixed concurrency), "
                              "poisson (rate sweep, --rates), throughput (all at once); comma-separated."),
     scale: float = typer.Option(1.0, help="Shrink the use cases' token counts (e.g. 0.125 on a CPU)."),
-    requests: int = typer.Option(8, help="Requests per run."),
+    requests: int = typer.Option(8, help="Requests per run (a concurrent run takes at least 2 x concurrency)."),
     concurrency: int = typer.Option(8, help="Streams for the async mode."),
+    fallback_requests: int = typer.Option(2, help="Synchronous requests for a format the engine only "
+                                          "emulates on this hardware (FP8 on a CPU); no load profiles."),
     rates: str = typer.Option("", help="Requests/s for the poisson mode, comma-separated."),
     url: Optional[str] = typer.Option(None, help="Attach to a running OpenAI-compatible endpoint instead "
                                       "of starting vLLM (one model)."),
@@ -346,33 +349,30 @@ def bench(
     """
     import json
 
-    from quantstudy.bench.cpu import measure_cpu
-    from quantstudy.bench.preflight import preflight
-    from quantstudy.bench.roofline import USE_CASES
-    from quantstudy.bench.runner import bench_table, checkpoint_format, run_bench
+    from quantstudy.bench.plan import execute, local_hardware, plan_runs
+    from quantstudy.bench.roofline_constants import USE_CASES
+    from quantstudy.bench.runner import bench_table
     from quantstudy.models import resolve_model
-    from quantstudy.schemes import PRESETS
 
     modes = {"sync": "synchronous", "async": "concurrent"}
     profile_names = [modes.get(m.strip(), m.strip()) for m in mode.split(",") if m.strip()]
     cases = list(USE_CASES) if use_cases == "all" else [u.strip() for u in use_cases.split(",") if u.strip()]
     rate_values = [float(r) for r in rates.split(",") if r.strip()]
-    folders = [Path(resolve_model(model))] + [Path(v) for v in variant]
-    hardware = measure_cpu() if url is None else None
+    models = [("baseline", Path(resolve_model(model)))] + [(v.name, Path(v)) for v in variant]
+    plan = plan_runs(models, local_hardware() if url is None else None, profile_names, requests, concurrency,
+                     fallback_requests)
     results = []
-    for folder in folders:
-        fmt = checkpoint_format(folder)
-        if hardware is not None and fmt in ("bf16", *PRESETS):
-            support = preflight(fmt, hardware)
-            if not support.runs:
-                err_console.print(f"[yellow]skip[/] {folder.name} ({fmt}): {support.reason}", highlight=False)
-                continue
-            if support.status != "native":
-                err_console.print(f"[yellow]preflight[/] {fmt}: {support.reason}", highlight=False)
-        err_console.print(f"serving {folder.name} ({fmt}) …")
-        results += run_bench(folder, None, cases, profile_names, scale=scale, requests=requests,
-                             concurrency=concurrency, rates=rate_values, url=url, python=vllm_python,
-                             slo_ttft_s=slo_ttft, slo_itl_s=slo_itl, fmt=fmt)
+    for run in plan:
+        name = Path(run.folder).name
+        if run.skipped:
+            err_console.print(f"[yellow]skip[/] {name} ({run.fmt}): {run.reason}", highlight=False)
+            continue
+        if run.status == "fallback":
+            err_console.print(f"[yellow]preflight[/] {run.fmt}: {run.reason} -- {fallback_requests} synchronous "
+                              "request(s) only", highlight=False)
+        err_console.print(f"serving {name} ({run.fmt}) …")
+        results += execute(run, cases, scale, concurrency, rate_values, python=vllm_python, url=url,
+                           slo_ttft_s=slo_ttft, slo_itl_s=slo_itl)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([r.to_dict() for r in results], indent=1))
     console.print(bench_table(results))
@@ -389,9 +389,8 @@ def report(
 ) -> None:
     """Rebuild the HTML report, the paper-style tables (Markdown, CSV) and the JSON from a study's
     store alone (no model is loaded, nothing is recomputed), or from a results JSON."""
-    import json
-
     from quantstudy.report import build_report
+    from quantstudy.results import load_results
     from quantstudy.study.run import stored_results
 
     if source.is_dir() or source.suffix == ".sqlite":
@@ -400,10 +399,7 @@ def report(
     else:
         if not source.is_file():
             raise QuantstudyError(f"no study folder, store or results file at {source}")
-        try:
-            data = json.loads(source.read_text())
-        except ValueError as exc:
-            raise QuantstudyError(f"{source} is not valid JSON: {exc}") from None
+        data = load_results(source)
         out = out or Path("runs/study/report")
     paths = build_report(data, out)
     console.print(f"report: {paths['report.html']}")

@@ -187,3 +187,19 @@ def get_scheme(name: str, group_size: int | None = None) -> Scheme:
         )
     scheme = PRESETS[key]
     return scheme if group_size is None else scheme.with_group_size(group_size)
+
+
+def stored_weight_bytes(weights: WeightQuant, out_features: int, in_features: int,
+                        scale_bytes: float = 2.0) -> float:
+    """Bytes one [out, in] weight takes in a format: values at `num_bits` each, plus one scale
+    (`scale_bytes`, bf16 in our checkpoints) and, if asymmetric, one packed zero point per
+    scale group. The one formula behind every size quantstudy prints or prices."""
+    from math import ceil
+
+    n, k = out_features, in_features
+    scales = {Strategy.TENSOR: 1, Strategy.CHANNEL: n,
+              Strategy.GROUP: n * ceil(k / (weights.group_size or k)),
+              Strategy.BLOCK: ceil(n / weights.block[0]) * ceil(k / weights.block[1]) if weights.block else 1,
+              }[weights.strategy]
+    zero_bytes = 0.0 if weights.symmetric else weights.num_bits / 8  # packed like the weights
+    return n * k * weights.num_bits / 8 + scales * (scale_bytes + zero_bytes)

@@ -1,7 +1,8 @@
 """Results store: SQLite, one file per study, every result keyed by what produced it.
 
 Two tables. `items` holds per-item evaluation results, one row per (model, task, task
-version, item); a rerun asks which items are done and computes only the rest. `results`
+version, item); a rerun asks which items are done and computes only the rest. Rows go in
+and come out as plain dicts (ITEM_FIELDS): the store knows no stage's types. `results`
 holds any stage's output under a content hash of its inputs (model fingerprint, recipe,
 calibration, task version, code version), with provenance. Writes are single
 transactions, so a process killed at any point leaves either the whole write or none of
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from quantstudy import __version__
-from quantstudy.evaluate.records import ItemResult
+from quantstudy.items import ItemResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

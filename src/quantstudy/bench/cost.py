@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantstudy.bench.hardware import GPU
-from quantstudy.bench.preflight import is_cpu, preflight
+from quantstudy.bench.preflight import preflight
 from quantstudy.bench.roofline import Prediction, gpus_needed, predict, resolve_hardware
 from quantstudy.errors import QuantstudyError
+from quantstudy.hardware import GPU
 from quantstudy.models.shape import ModelShape
 
 PRICES_FILE = Path(__file__).with_name("data") / "prices.json"
@@ -45,7 +45,7 @@ def price_per_hour(hardware: GPU | str, prices: dict | None = None, instance: st
     named (default: the table's `cpu_default`, the instance most like this machine)."""
     prices = prices or load_prices()
     hw = resolve_hardware(hardware) if not isinstance(hardware, GPU) else hardware
-    if is_cpu(hw):
+    if hw.is_cpu:
         key = instance or prices.get("cpu_default")
         row = prices.get("cpus", {}).get(key)
         if row is None:
@@ -106,7 +106,7 @@ def cost_table(shape: ModelShape, formats, hardwares, use_case, prices: dict | N
             except QuantstudyError as exc:  # does not fit on any layout we model
                 rows.append(CostRow(fmt, hw.name, support.status, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, str(exc)))
                 continue
-            if is_cpu(hw):
+            if hw.is_cpu:
                 batched = [pred]  # one machine: no layouts to choose from
             else:
                 batched = [predict(shape, fmt, hw, use_case, gpus=g)

@@ -19,7 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from quantstudy.bench.hardware import GPU
+from quantstudy.hardware import GPU
 
 
 def cpu_model() -> str:

@@ -22,11 +22,11 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import httpx
 
-from quantstudy.bench.roofline import USE_CASES
+from quantstudy.bench.roofline_constants import USE_CASES
+from quantstudy.data.windows import prose_stream
 from quantstudy.errors import QuantstudyError
 
 PROFILES = ("synchronous", "concurrent", "poisson", "throughput")
@@ -53,16 +53,6 @@ class Request:
     output_tokens: int     # generated exactly: max_tokens = min_tokens, ignore_eos
 
 
-@lru_cache(maxsize=4)
-def _token_stream(tokenizer) -> tuple[int, ...]:
-    from quantstudy.quantize.calibration import wikitext_texts
-
-    # Packaged prose (both calibration halves): natural text, so the prompts exercise the
-    # tokenizer and attention like real input, not one repeated token.
-    text = "\n".join(wikitext_texts() + wikitext_texts(heldout=True))
-    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def exact_prompt(tokenizer, n_tokens: int, start: int) -> str:
     """Text that `tokenizer` (special tokens included, as the server adds them) encodes to
     exactly `n_tokens` tokens, cut from the packaged stream at about `start`.
@@ -70,7 +60,7 @@ def exact_prompt(tokenizer, n_tokens: int, start: int) -> str:
     Decoding a token slice and re-encoding it does not always round-trip (a cut inside a
     word or a run of spaces merges differently), so each candidate is re-encoded and the
     window slides one token on until the count is exact."""
-    stream = _token_stream(tokenizer)
+    stream = prose_stream(tokenizer)
     special = len(tokenizer("")["input_ids"])  # BOS and the like: counted by the server too
     body = n_tokens - special
     if body < 1:
@@ -90,7 +80,7 @@ def make_requests(tokenizer, prompt_tokens: int, output_tokens: int, count: int,
     `output_tokens`. Distinct starts matter: vLLM caches prefixes, and identical prompts
     would measure the cache, not prefill."""
     rng = random.Random(seed)
-    span = max(1, len(_token_stream(tokenizer)) - prompt_tokens)
+    span = max(1, len(prose_stream(tokenizer)) - prompt_tokens)
     seen, out = set(), []
     for attempt in range(50 * count):
         text = exact_prompt(tokenizer, prompt_tokens, rng.randrange(span))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quantstudy.bench.hardware import GPU
+from quantstudy.hardware import GPU
 from quantstudy.errors import QuantstudyError
 from quantstudy.schemes import PRESETS
 
@@ -33,11 +33,6 @@ class Support:
     @property
     def runs(self) -> bool:
         return self.status != "refused"
-
-
-def is_cpu(hw: GPU) -> bool:
-    """CPU entries (bench.cpu.measure_cpu) reuse the GPU dataclass; their names start 'cpu'."""
-    return hw.name.startswith("cpu")
 
 
 def _cpu_support(fmt: str, hw: GPU) -> Support:
@@ -97,13 +92,13 @@ def preflight(fmt: str, hardware: GPU) -> Support:
     key = fmt.strip().lower()
     if key not in FORMATS:
         raise QuantstudyError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    return _cpu_support(key, hardware) if is_cpu(hardware) else _gpu_support(key, hardware)
+    return _cpu_support(key, hardware) if hardware.is_cpu else _gpu_support(key, hardware)
 
 
 def support_table(formats=FORMATS, hardwares=None) -> dict[tuple[str, str], Support]:
     """{(format, hardware name): Support} for every pair; defaults to all formats x the GPU catalogue."""
     if hardwares is None:
-        from quantstudy.bench.hardware import GPUS
+        from quantstudy.hardware import GPUS
         hardwares = list(GPUS.values())
     return {(f, h.name): preflight(f, h) for f in formats for h in hardwares}
 

@@ -16,25 +16,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from quantstudy.bench.engine import EngineInfo, VLLMServer
-from quantstudy.bench.load import (PROFILES, Profile, RequestResult, make_requests, result_dicts, run_load,
-                                   summarize, use_case_shape)
+from quantstudy.bench.load import (
+    PROFILES,
+    Profile,
+    RequestResult,
+    make_requests,
+    result_dicts,
+    run_load,
+    summarize,
+    use_case_shape,
+)
+from quantstudy.bench.records import MeasuredRun
 from quantstudy.errors import QuantstudyError
+from quantstudy.inference.vllm_server import EngineInfo, VLLMServer
 
 
-@dataclass
-class BenchResult:
-    model: str                    # checkpoint folder
-    fmt: str                      # bf16 or the scheme name the checkpoint records
-    use_case: str
-    prompt_tokens: int
-    output_tokens: int
-    scale: float
-    profile: str                  # synchronous | concurrent | poisson | throughput
-    params: dict                  # profile parameters (concurrency, rate, seed)
-    metrics: dict                 # load.summarize()
-    engine: dict                  # EngineInfo as a dict
-    hardware: dict
+@dataclass(frozen=True)
+class BenchResult(MeasuredRun):
+    """A measured run as the load generator returns it: the stored record (`records.MeasuredRun`)
+    with every request's own timings in place of their count."""
+
     requests: list[RequestResult] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_requests: bool = False) -> dict:
@@ -53,7 +54,7 @@ def checkpoint_format(model_dir: str | os.PathLike) -> str:
     if not config.get("quantization_config"):
         return "bf16"
     try:
-        from quantstudy.quantize.checkpoint import read_checkpoint_info
+        from quantstudy.models.checkpoint import read_checkpoint_info
         return read_checkpoint_info(model_dir).scheme.name
     except QuantstudyError:
         return config["quantization_config"].get("quant_method", "quantized")

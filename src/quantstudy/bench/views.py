@@ -32,7 +32,7 @@ def resolve_shape(ref: str) -> ModelShape:
 
 def prediction_table(shape_name: str, shape: ModelShape, formats: list[str], hardwares: list, use_case: str) -> Table:
     from quantstudy.bench.cost import cost_table
-    from quantstudy.bench.roofline import USE_CASES
+    from quantstudy.bench.roofline_constants import USE_CASES
 
     prompt, output = USE_CASES[use_case]
     table = Table(title=f"{shape_name} · {use_case} ({prompt}/{output} tokens) · predicted (roofline)")

@@ -1,6 +1,6 @@
 """Compare stage: how a quantized model's generated text differs from the baseline's.
 
-`prompts` (the packaged open-ended prompt set), `generate` (cached greedy generations),
+`generate` (cached greedy generations of the packaged prompt set, `data.prompts`),
 `metrics` (ROUGE, BERTScore, STS, exact match, first divergence; bootstrap aggregates),
 `verdict` (does the paper's "wording changes, meaning kept" hold for a variant), `runner`
 (`compare_models`, `compare_table`, `side_by_side`, `run_compare_cli`).
@@ -13,8 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "compare_models": "runner", "compare_table": "runner", "side_by_side": "runner",
     "run_compare_cli": "runner", "TextSimilarity": "metrics", "aggregate": "metrics",
-    "first_divergence": "metrics", "load_prompts": "prompts", "Prompt": "prompts",
-    "generate_cached": "generate", "paper_observation": "verdict", "observation_summary": "verdict",
+    "first_divergence": "metrics", "generate_cached": "generate", "paper_observation": "verdict", "observation_summary": "verdict",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,7 +2,7 @@
 
 Every model answers the same prompts the same way: the prompt as a single user turn
 rendered with the model's chat template (plain text when it has none), greedy decoding
-through `HFBackend.generate`, `max_new_tokens` at most, stopping at EOS only (no stop
+through the engine's `generate`, `max_new_tokens` at most, stopping at EOS only (no stop
 strings: an open-ended answer has no natural cut). Each answer goes to the results store
 under a key of everything that determines it - the model identity (file fingerprint and
 how it was loaded), the prompt id and the exact rendered prompt, the token limit, the chat
@@ -11,9 +11,8 @@ the prompts still missing.
 
 We keep the generated token ids, not only the text: the first position where a variant's
 greedy choice leaves the baseline's is the most direct measure of divergence, and text
-alone cannot give it (different ids can decode to the same string). `HFBackend`'s
-`Generation` carries only text and a count, so `TokenBackend` records the ids at the point
-where the backend turns them into text.
+alone cannot give it (different ids can decode to the same string), so a `Generation`
+carries the ids where the engine knows them.
 
 Caveat: batched decoding pads prompts, which changes matmul shapes and so float rounding.
 The float baseline shrugs that off (batched = one-at-a-time HF `generate`, token for
@@ -29,32 +28,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from quantstudy.compare.prompts import Prompt
-from quantstudy.evaluate.backend import HFBackend
-from quantstudy.evaluate.records import GenerateRequest, Generation
+from quantstudy.data.prompts import Prompt
+from quantstudy.inference.hf_engine import HFEngine
+from quantstudy.inference.requests import GenerateRequest, Generation
 from quantstudy.store import ResultStore, content_key
 
 KIND = "compare-generation"
 # Bump when what a stored generation means changes (rendering, decoding, stored fields).
 GENERATION_VERSION = 1
 DEFAULT_MAX_NEW_TOKENS = 256
-
-
-@dataclass(frozen=True)
-class TokenGeneration(Generation):
-    """A `Generation` with the ids of the generated tokens (before any stop-string cut)."""
-
-    tokens: tuple[int, ...] = ()
-
-
-class TokenBackend(HFBackend):
-    """`HFBackend` whose generations also carry their token ids."""
-
-    def _finish(self, tokens: list[int], stop: tuple[str, ...]) -> Generation:
-        gen = super()._finish(tokens, stop)
-        return TokenGeneration(gen.text, gen.num_tokens, tuple(tokens[:gen.num_tokens]))
 
 
 def _sha(text: str) -> str:
@@ -101,7 +84,7 @@ class PromptKeys:
 def generate_cached(store: ResultStore, model_id: str, model_loader: Callable[[], tuple], tokenizer,
                     prompts: Sequence[Prompt], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     batch_size: int = 8, progress=None, label: str = "generate",
-                    backend_factory: Callable[..., HFBackend] = TokenBackend) -> list[dict]:
+                    engine_factory: Callable[..., HFEngine] = HFEngine) -> list[dict]:
     """Each prompt's generation {"text", "tokens", "exact_tokens"}, in prompt order.
 
     Stored results are read back; only missing prompts are generated, `batch_size` at a time,
@@ -115,16 +98,16 @@ def generate_cached(store: ResultStore, model_id: str, model_loader: Callable[[]
     todo = keys.missing(store)
     if todo:
         model = model_loader()
-        backend = backend_factory(model, tokenizer, batch_size=batch_size, progress=False)
+        engine = engine_factory(model, tokenizer, batch_size=batch_size, progress=False)
         # Similar lengths in one batch waste less padding; the order is deterministic, so the
         # baseline and every variant see the same batches.
         todo.sort(key=lambda i: (-len(keys.rendered[i]), prompts[i].id))
         bar = progress.add_task(label, total=len(prompts), completed=len(prompts) - len(todo)) if progress else None
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            gens = backend.generate([GenerateRequest(keys.rendered[i], max_new_tokens) for i in chunk])
+            gens = engine.generate([GenerateRequest(keys.rendered[i], max_new_tokens) for i in chunk])
             if len(gens) != len(chunk):
-                raise RuntimeError(f"backend returned {len(gens)} generations for {len(chunk)} prompts")
+                raise RuntimeError(f"engine returned {len(gens)} generations for {len(chunk)} prompts")
             for i, gen in zip(chunk, gens):
                 store.put(keys.keys[i], KIND, keys.inputs[i], _record(gen, tokenizer))
             if progress:
@@ -142,7 +125,7 @@ def _record(gen: Generation, tokenizer) -> dict:
     tokens = getattr(gen, "tokens", None)
     if tokens is not None and len(tokens) == gen.num_tokens:
         return {"text": gen.text, "tokens": list(tokens), "exact_tokens": True}
-    # A backend that does not expose ids: re-encoding the text is the closest we can get; it
+    # An engine that does not expose ids: re-encoding the text is the closest we can get; it
     # can differ from what was generated, so first-divergence positions are approximate.
     ids = tokenizer(gen.text, add_special_tokens=False)["input_ids"]
     return {"text": gen.text, "tokens": list(ids), "exact_tokens": False}

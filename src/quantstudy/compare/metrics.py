@@ -26,8 +26,8 @@ noise never makes an identical answer look different. Where a metric is undefine
 text (ROUGE of a text with no letters or digits, BERTScore of an empty text), identical
 texts still get 1.0.
 
-Aggregates: means with seeded percentile-bootstrap intervals (prompts resampled with the
-same indices for every metric), the exact-match rate, the median first divergence.
+Aggregates: means with seeded percentile-bootstrap intervals (`quantstudy.bootstrap`; prompts
+resampled with the same indices for every metric), the exact-match rate, the median first divergence.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quantstudy import bootstrap
+from quantstudy.bootstrap import mean_interval
 from quantstudy.errors import QuantstudyError
 
 SIMILARITY = ("rouge1", "rougeL", "bertscore", "sts")
@@ -152,22 +154,7 @@ class TextSimilarity:
 
 def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
     """(n_bootstrap, n) resampled prompt indices; shared by all metrics of one variant."""
-    if n < 1:
-        raise QuantstudyError("nothing to aggregate: no prompts")
-    if n_bootstrap < 1:
-        raise QuantstudyError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    return np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
-
-
-def mean_interval(values: Sequence[float], idx: np.ndarray, confidence: float = 0.95) -> dict:
-    """Mean and percentile-bootstrap interval over resampled prompts."""
-    x = np.asarray(values, dtype=np.float64)
-    means = x[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    mean = float(x.mean())
-    # The percentile interval of a mean always brackets it up to rounding; clamp that rounding.
-    return {"mean": mean, "ci": [float(min(lo, mean)), float(max(hi, mean))]}
+    return bootstrap.indices(n, n_bootstrap, seed)
 
 
 def aggregate(rows: Sequence[dict], n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:

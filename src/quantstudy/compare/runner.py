@@ -13,36 +13,20 @@ different seed or example count touches no language model.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from quantstudy.compare.generate import DEFAULT_MAX_NEW_TOKENS, TokenBackend, generate_cached
+from quantstudy.compare.generate import DEFAULT_MAX_NEW_TOKENS, generate_cached
 from quantstudy.compare.metrics import SIMILARITY, TextSimilarity, aggregate
-from quantstudy.compare.prompts import PROMPT_FILE, load_prompts
 from quantstudy.compare.verdict import STS_CAVEAT, paper_observation
+from quantstudy.data.prompts import PROMPT_FILE, load_prompts
 from quantstudy.errors import QuantstudyError
+from quantstudy.inference.hf_engine import HFEngine
+from quantstudy.inference.loading import load_for_inference, load_model
+from quantstudy.models.references import resolve_model
 from quantstudy.store import ResultStore
 
 LABELS = {"rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "bertscore": "BERTScore", "sts": "STS"}
-
-
-def _variant_loader(folder: Path, dtype: str) -> tuple[Callable[[], object], str, str | None]:
-    """(model loader, how-loaded tag, scheme label): fake-quant for a quantized checkpoint,
-    plain loading for a float folder (a BF16 copy, another baseline)."""
-    import torch
-
-    from quantstudy.models.loading import read_config
-
-    if "quantization_config" in read_config(folder):
-        from quantstudy.quantize.checkpoint import load_fake_quant_model, read_checkpoint_info
-
-        info = read_checkpoint_info(folder)
-        algorithm = (info.recipe or {}).get("algorithm")
-        label = info.scheme.label + (f" ({algorithm})" if algorithm else "")
-        return (lambda: load_fake_quant_model(folder, dtype=getattr(torch, dtype))[0]), "fakequant", label
-    from quantstudy.models import load_model
-
-    return (lambda: load_model(folder, dtype=dtype)[0]), "float", None
 
 
 def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[str | Path] = (),
@@ -50,11 +34,9 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0, progress=None, *,
                    dtype: str = "float32", batch_size: int = 8, n_examples: int = 5, n_bootstrap: int = 2000,
                    prompts_path: str | Path = PROMPT_FILE, similarity: TextSimilarity | None = None,
-                   backend_factory=TokenBackend) -> dict:
+                   engine_factory=HFEngine) -> dict:
     """Generate (cached) and compare; see the module docstring for the report's shape."""
     from transformers import AutoTokenizer
-
-    from quantstudy.models import load_model, resolve_model
 
     variant_dirs = [Path(v) for v in variant_dirs]
     if not variant_dirs:
@@ -67,7 +49,7 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
             raise QuantstudyError(f"variant {v} is not a model folder (no config.json)")
     prompts = load_prompts(limit, prompts_path)
     common = dict(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                  backend_factory=backend_factory)
+                  engine_factory=engine_factory)
 
     with ResultStore(store_path) as store:
         base_folder = resolve_model(baseline_ref)
@@ -80,9 +62,10 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
             var_tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             if var_tokenizer.get_vocab() != tokenizer.get_vocab():
                 raise QuantstudyError(f"variant {name} has a different tokenizer from the baseline")
-            loader, how, scheme = _variant_loader(folder, dtype)
-            var_id = f"{store.fingerprint(folder)}:{how}:{dtype}"
-            gens = generate_cached(store, var_id, loader, var_tokenizer, label=name, **common)
+            variant = load_for_inference(folder, dtype)
+            var_id = f"{store.fingerprint(folder)}:{variant.how}:{dtype}"
+            gens = generate_cached(store, var_id, variant.load, var_tokenizer, label=name, **common)
+            scheme = variant.label
             variants.append((name, folder, var_id, scheme, gens))
 
     scorer = similarity or TextSimilarity()

@@ -55,15 +55,22 @@ class Observation:
         return asdict(self)
 
 
-def paper_observation(aggregates: dict, paraphrase_sts: float = PARAPHRASE_STS) -> Observation:
+def _stat(aggregates, metric: str) -> tuple[float, tuple[float, float]]:
+    """(mean, interval) of a metric, from `metrics.aggregate`'s dict or a `records.Aggregates`."""
+    s = aggregates[metric] if isinstance(aggregates, dict) else getattr(aggregates, metric)
+    return (s["mean"], tuple(s["ci"])) if isinstance(s, dict) else (s.mean, tuple(s.ci))
+
+
+def paper_observation(aggregates, paraphrase_sts: float = PARAPHRASE_STS) -> Observation:
     """Verdict on "small models change wording but keep meaning" for one variant."""
-    rl = aggregates["rougeL"]["mean"]
-    sts, (sts_lo, sts_hi) = aggregates["sts"]["mean"], aggregates["sts"]["ci"]
+    rl = _stat(aggregates, "rougeL")[0]
+    sts, (sts_lo, sts_hi) = _stat(aggregates, "sts")
     wording = "changed" if rl <= PAPER_ROUGE_L_LARGE[1] else "kept"
     meaning = "kept" if sts_lo >= paraphrase_sts else "changed" if sts_hi < paraphrase_sts else "undecided"
     figures = (f"ROUGE-L {rl:.2f} (paper 8B {PAPER_ROUGE_L_8B[0]:.2f}–{PAPER_ROUGE_L_8B[1]:.2f}), "
                f"STS {sts:.2f} [{sts_lo:.2f}, {sts_hi:.2f}] vs paraphrase level {paraphrase_sts:.2f} "
-               f"(paper 8B STS {PAPER_STS_8B[0]:.2f}–{PAPER_STS_8B[1]:.2f}), {aggregates.get('n', '?')} prompts")
+               f"(paper 8B STS {PAPER_STS_8B[0]:.2f}–{PAPER_STS_8B[1]:.2f}), "
+               f"{aggregates.get('n', '?') if isinstance(aggregates, dict) else aggregates.n} prompts")
     if meaning == "changed":
         holds, head = False, "does not hold: the meaning changes too"
     elif meaning == "undecided":
@@ -91,7 +98,7 @@ def observation_summary(variants: list[tuple[str, dict]]) -> str:
 def measure_paraphrase_sts(similarity=None) -> dict:
     """Mean STS of MRPC validation's paraphrase and non-paraphrase pairs under our scorer."""
     from quantstudy.compare.metrics import TextSimilarity
-    from quantstudy.evaluate.tasks.multiple_choice import read_split
+    from quantstudy.data.tasks import read_split
 
     rows = read_split(MRPC_VALIDATION)
     sim = similarity or TextSimilarity()

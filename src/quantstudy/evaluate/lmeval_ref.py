@@ -15,8 +15,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantstudy.evaluate.records import ItemResult
-from quantstudy.evaluate.tasks.multiple_choice import MC_TASKS, MMLU_TASK, data_root
+from quantstudy.data.tasks import split_files
+from quantstudy.items import ItemResult
+from quantstudy.evaluate.tasks.multiple_choice import MC_TASKS, MMLU_TASK
 
 # our task -> (lm-eval task file, relative to lm_eval/tasks; packaged split folder; split overrides)
 _SINGLE = {
@@ -31,8 +32,7 @@ PREFIX = "qs_"  # our copies get their own names so they never shadow lm-eval's
 
 
 def _arrow(split_dir: str) -> str:
-    files = sorted((data_root() / split_dir).glob("data-*.arrow"))
-    return str(files[0])
+    return str(split_files(split_dir)[0])
 
 
 def write_local_tasks(dest: str | Path, tasks: Sequence[str], mmlu_subjects: Sequence[str] = (),

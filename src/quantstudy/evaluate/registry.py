@@ -1,7 +1,7 @@
 """Every evaluation task behind one small interface: load items, name them, run them.
 
 A `TaskSpec` knows how to list its items for a given limit (`load`), the stable id of each
-(`item_id`) and how to score a subset of them on one model (`run`). That is what lets the
+(`item_id`) and how to score a subset of them on one engine (`run`). That is what lets the
 runner skip items already in the results store and compute only the rest. The task
 modules themselves follow lm-eval's definitions; this file only adapts them.
 """
@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import ItemResult
+from quantstudy.items import ItemResult
 
 
 @dataclass
 class EvalContext:
-    """What tasks may need beyond a backend: the model pair, tokenizer, limits, templates."""
+    """What tasks may need beyond the engine they run on: tokenizer, limits, templates, and for
+    a variant the baseline's engine (the KL task compares against it)."""
 
     tokenizer: Any
-    model: Any
-    baseline_model: Any = None    # set for variants (the KL task compares against it)
+    baseline_engine: Any = None   # set for variants
     limit: int | None = None
     seed: int = 0
     chat: str = "auto"            # "auto" (instruction tasks only), "on" (every generative task), "off"
@@ -69,22 +69,22 @@ def _mc(name: str) -> TaskSpec:
     task = mc.MC_TASKS[name]
     shots = getattr(task, "default_fewshot", 0)
     return TaskSpec(name, f"{name}-{shots}shot-lmeval0.4.13", lambda ctx: task.load_docs(ctx.limit),
-                    lambda doc: str(doc["id"]), lambda backend, docs, ctx: mc.score_docs(task, docs, backend, None))
+                    lambda doc: str(doc["id"]), lambda engine, docs, ctx: mc.score_docs(task, docs, engine, None))
 
 
 def _gsm8k() -> TaskSpec:
     from quantstudy.evaluate.tasks import gsm8k
 
-    def run(backend, docs, ctx):
-        return gsm8k.score(docs, backend.generate(gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k"))))
+    def run(engine, docs, ctx):
+        return gsm8k.score(docs, engine.generate(gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k"))))
     return TaskSpec("gsm8k", gsm8k.VERSION, lambda ctx: gsm8k.load_docs(ctx.limit), lambda d: str(d["id"]), run)
 
 
 def _humaneval() -> TaskSpec:
     from quantstudy.evaluate.tasks import humaneval
 
-    def run(backend, problems, ctx):
-        return humaneval.score(problems, backend.generate(humaneval.requests(problems)))
+    def run(engine, problems, ctx):
+        return humaneval.score(problems, engine.generate(humaneval.requests(problems)))
     return TaskSpec("humaneval", "humaneval-pass@1-greedy-v1", lambda ctx: humaneval.load_problems(ctx.limit),
                     lambda p: p["task_id"], run)
 
@@ -92,8 +92,8 @@ def _humaneval() -> TaskSpec:
 def _ifeval() -> TaskSpec:
     from quantstudy.evaluate.tasks import ifeval
 
-    def run(backend, prompts, ctx):
-        gens = backend.generate(ifeval.requests(prompts, apply_chat=ctx.apply_chat("ifeval")))
+    def run(engine, prompts, ctx):
+        gens = engine.generate(ifeval.requests(prompts, apply_chat=ctx.apply_chat("ifeval")))
         return ifeval.score(prompts, [g.text for g in gens], [g.num_tokens for g in gens])
     return TaskSpec("ifeval", "ifeval-quantstudy130-v1", lambda ctx: ifeval.load_prompts(ctx.limit),
                     lambda p: str(p["key"]), run)
@@ -106,16 +106,15 @@ def _ruler() -> TaskSpec:
         items = ruler.build_items(ctx.tokenizer, ctx.max_context, seed=ctx.seed)
         return items[:ctx.limit] if ctx.limit is not None else items
 
-    def run(backend, items, ctx):
-        return ruler.score(items, backend.generate(ruler.requests(items, apply_chat=ctx.apply_chat("ruler"))))
+    def run(engine, items, ctx):
+        return ruler.score(items, engine.generate(ruler.requests(items, apply_chat=ctx.apply_chat("ruler"))))
     return TaskSpec("ruler", ruler.VERSION, load, lambda item: item["id"], run)
 
 
 def _windows(ctx: EvalContext):
-    from quantstudy.evaluate.perplexity import token_windows
-    from quantstudy.quantize.calibration import heldout_texts
+    from quantstudy.data.windows import heldout_windows
 
-    windows = token_windows(ctx.tokenizer, heldout_texts("wikitext"), ctx.ppl_seq_len)
+    windows = heldout_windows(ctx.tokenizer, ctx.ppl_seq_len)
     n = len(windows) if ctx.limit is None else min(len(windows), ctx.limit)
     return [(str(i), windows[i]) for i in range(n)]
 
@@ -129,8 +128,8 @@ def _stack(items):
 def _ppl() -> TaskSpec:
     from quantstudy.evaluate.perplexity import perplexity_items
 
-    def run(backend, items, ctx):
-        results = perplexity_items(ctx.model, _stack(items), ctx.batch_size)
+    def run(engine, items, ctx):
+        results = perplexity_items(engine, _stack(items), ctx.batch_size)
         return [_renamed(r, i) for r, (i, _) in zip(results, items)]
     return TaskSpec("ppl", "wikitext-heldout-v1", _windows, lambda item: item[0], run, metric="perplexity")
 
@@ -138,8 +137,8 @@ def _ppl() -> TaskSpec:
 def _kl() -> TaskSpec:
     from quantstudy.evaluate.perplexity import kl_items
 
-    def run(backend, items, ctx):
-        results = kl_items(ctx.baseline_model, ctx.model, _stack(items), ctx.batch_size)
+    def run(engine, items, ctx):
+        results = kl_items(ctx.baseline_engine, engine, _stack(items), ctx.batch_size)
         return [_renamed(r, i) for r, (i, _) in zip(results, items)]
     return TaskSpec("kl", "wikitext-heldout-v1", _windows, lambda item: item[0], run, metric="divergence",
                     needs_baseline=True)

@@ -12,9 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate import summary
 from quantstudy.evaluate.registry import EvalContext, get_task
+from quantstudy.inference.hf_engine import HFEngine
+from quantstudy.inference.loading import load_for_inference, load_model
 from quantstudy.store import ResultStore
 
 CHUNK = 32   # items per store transaction
@@ -44,19 +48,18 @@ def _max_context(model, tokenizer) -> int:
     return int(min(n, 1 << 17))
 
 
-def run_model(store: ResultStore, key: str, model, tokenizer, settings: EvalSettings, baseline_model=None,
-              progress=None) -> dict[str, list]:
-    """Every task's items for one model: stored ones read back, missing ones computed and stored."""
-    from quantstudy.evaluate.backend import HFBackend
-
-    backend = HFBackend(model, tokenizer, batch_size=settings.batch_size, progress=False)
-    ctx = EvalContext(tokenizer=tokenizer, model=model, baseline_model=baseline_model, limit=settings.limit,
+def run_model(store: ResultStore, key: str, model, tokenizer, settings: EvalSettings, baseline_engine=None,
+              progress=None) -> tuple[dict[str, list], HFEngine]:
+    """Every task's items for one model: stored ones read back, missing ones computed and
+    stored. Returns them with the model's engine (a variant's KL reads the baseline's)."""
+    engine = HFEngine(model, tokenizer, batch_size=settings.batch_size, progress=False)
+    ctx = EvalContext(tokenizer=tokenizer, baseline_engine=baseline_engine, limit=settings.limit,
                       seed=settings.seed, chat=settings.chat, max_context=_max_context(model, tokenizer),
                       ppl_seq_len=settings.ppl_seq_len, batch_size=min(settings.batch_size, 8))
     out = {}
     for name in settings.tasks:
         spec = get_task(name)
-        if spec.needs_baseline and baseline_model is None:
+        if spec.needs_baseline and baseline_engine is None:
             continue
         version = spec.version_for(ctx)
         items = spec.load(ctx)
@@ -68,7 +71,7 @@ def run_model(store: ResultStore, key: str, model, tokenizer, settings: EvalSett
         task_bar = progress.add_task(f"{name}", total=len(items), completed=len(items) - len(todo)) if progress else None
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start:start + CHUNK]
-            store.put_items(key, version, spec.run(backend, chunk, ctx))
+            store.put_items(key, version, spec.run(engine, chunk, ctx))
             if progress:
                 progress.advance(task_bar, len(chunk))
         if progress:
@@ -76,15 +79,12 @@ def run_model(store: ResultStore, key: str, model, tokenizer, settings: EvalSett
         out[name] = store.get_items(key, name, version, ids)
         if len(out[name]) != len(ids):
             raise QuantstudyError(f"task {name}: {len(ids) - len(out[name])} items missing after scoring")
-    return out
+    return out, engine
 
 
 def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSettings, store_path: str | Path,
                     progress=None, allow_pickle: bool = False) -> dict:
     """The evaluate stage: per-item results in the store, comparisons in the returned report."""
-    from quantstudy.models import load_model
-    from quantstudy.quantize.checkpoint import load_fake_quant_model
-
     variant_dirs = [Path(v) for v in variants]
     for folder in variant_dirs:
         if not (folder / "config.json").is_file():
@@ -95,18 +95,18 @@ def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSet
     with ResultStore(store_path) as store:
         base_model, tokenizer, base_folder = load_model(baseline, dtype=settings.dtype, allow_pickle=allow_pickle)
         base_key = f"{store.fingerprint(base_folder)}:{settings.dtype}"
-        results = {"baseline": run_model(store, base_key, base_model, tokenizer, settings, progress=progress)}
+        base_items, base_engine = run_model(store, base_key, base_model, tokenizer, settings, progress=progress)
+        results = {"baseline": base_items}
         models = {"baseline": {"ref": str(baseline), "key": base_key}}
         for name, folder in zip(names, variant_dirs):
-            import torch
-
-            model, var_tokenizer, scheme = load_fake_quant_model(folder, dtype=getattr(torch, settings.dtype))
-            if var_tokenizer.get_vocab() != tokenizer.get_vocab():
+            variant = load_for_inference(folder, settings.dtype)
+            model = variant.load()
+            if AutoTokenizer.from_pretrained(folder, trust_remote_code=False).get_vocab() != tokenizer.get_vocab():
                 raise QuantstudyError(f"variant {name} has a different tokenizer from the baseline")
-            key = f"{store.fingerprint(folder)}:fakequant:{settings.dtype}"
-            results[name] = run_model(store, key, model, tokenizer, settings, baseline_model=base_model,
-                                      progress=progress)
-            models[name] = {"ref": str(folder), "key": key, "scheme": scheme.label if scheme else None}
+            key = f"{store.fingerprint(folder)}:{variant.how}:{settings.dtype}"
+            results[name], _ = run_model(store, key, model, tokenizer, settings, baseline_engine=base_engine,
+                                         progress=progress)
+            models[name] = {"ref": str(folder), "key": key, "scheme": variant.scheme.label if variant.scheme else None}
             del model
     report = summary.compare(results, names, seed=settings.seed)
     report["models"] = models

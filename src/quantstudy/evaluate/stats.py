@@ -7,7 +7,8 @@ correlated, so we resample items jointly (a paired bootstrap) rather than each m
 own; that keeps the shared item difficulty in both numerator and denominator and gives a far
 tighter, honest interval. McNemar's test looks only at the items where the models disagree.
 
-Everything is seeded (numpy Generator) so a report can be regenerated bit for bit.
+Everything is seeded (numpy Generator) so a report can be regenerated bit for bit. The
+resampling itself is `quantstudy.bootstrap`, the one paired bootstrap every stage uses.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from quantstudy import bootstrap
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import ItemResult
+from quantstudy.items import ItemResult
 
 WITHIN_NOISE = "within noise"
 DEGRADED = "degraded"
@@ -32,9 +34,6 @@ EXACT_MCNEMAR_BELOW = 25
 WIDE_INTERVAL = 0.10
 SMALL_N = 100
 ALPHA = 0.05
-# Bootstrap resamples drawn per block, so n_bootstrap x n indices never sit in memory at once
-# (MMLU has ~14k items; 2000 x 14k int64 would be ~220 MB).
-_BLOCK_ELEMENTS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -184,8 +183,7 @@ class _Estimate:
 def _estimate(base_mean: float, var_mean: float, boot_base: np.ndarray, boot_var: np.ndarray,
               confidence: float) -> _Estimate:
     """Point estimates, percentile intervals and the verdict from bootstrap replicate means."""
-    q = [(1 - confidence) / 2, (1 + confidence) / 2]
-    diff_ci = _interval(boot_var - boot_base, q)
+    diff_ci = bootstrap.interval(boot_var - boot_base, confidence)
     notes: list[str] = []
     if base_mean == 0:
         # A ratio to zero is meaningless; fall back on the difference so a verdict still exists.
@@ -197,14 +195,9 @@ def _estimate(base_mean: float, var_mean: float, boot_base: np.ndarray, boot_var
         # Only happens with very low baseline accuracy on few items; those replicates have no ratio.
         notes.append(f"{int((~ok).sum())} of {len(ok)} bootstrap resamples had a baseline mean of 0 and "
                      "were left out of the recovery interval")
-    rec_ci = _interval(boot_var[ok] / boot_base[ok], q)
+    rec_ci = bootstrap.interval(boot_var[ok] / boot_base[ok], confidence)
     return _Estimate(base_mean, var_mean, var_mean / base_mean, rec_ci, var_mean - base_mean, diff_ci,
                      _verdict(rec_ci, 1.0), tuple(notes))
-
-
-def _interval(values: np.ndarray, q: list[float]) -> tuple[float, float]:
-    lo, hi = np.quantile(values, q)
-    return float(lo), float(hi)
 
 
 def _verdict(ci: tuple[float, float], null: float) -> str:
@@ -238,13 +231,10 @@ def _bootstrap_means(tasks: list[tuple[np.ndarray, np.ndarray]], n_bootstrap: in
     base_out = np.zeros(n_bootstrap)
     var_out = np.zeros(n_bootstrap)
     for base, var in tasks:
-        n = len(base)
-        block = max(1, _BLOCK_ELEMENTS // n)
-        for start in range(0, n_bootstrap, block):
-            stop = min(n_bootstrap, start + block)
-            idx = rng.integers(0, n, size=(stop - start, n))
-            base_out[start:stop] += base[idx].mean(axis=1)
-            var_out[start:stop] += var[idx].mean(axis=1)
+        reps = bootstrap.replicates(lambda idx: np.stack([base[idx].mean(axis=1), var[idx].mean(axis=1)], axis=1),
+                                    len(base), n_bootstrap, rng)
+        base_out += reps[:, 0]
+        var_out += reps[:, 1]
     return base_out / len(tasks), var_out / len(tasks)
 
 
@@ -285,10 +275,7 @@ def _by_id(results: Sequence[ItemResult], side: str) -> dict[str, ItemResult]:
 
 
 def _check_settings(n_bootstrap: int, confidence: float) -> None:
-    if n_bootstrap < 1:
-        raise QuantstudyError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise QuantstudyError(f"confidence must be between 0 and 1, got {confidence}")
+    bootstrap.check(1, n_bootstrap, confidence)
 
 
 def _jsonable(value):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quantstudy.kernels import w4a16_triton
+from quantstudy.schemes import PRESETS, stored_weight_bytes
 
 FORMATS = ("bf16", "fp8", "int8", "w4a16-triton", "w4a16-tinygemm")
 GEMM_DTYPE = {"bf16": "bf16", "fp8": "fp8", "int8": "int8", "w4a16-triton": "bf16", "w4a16-tinygemm": "bf16"}
@@ -42,12 +43,13 @@ def triton_usable(device: torch.device) -> bool:
 
 
 def weight_bytes(n: int, k: int, fmt: str, group_size: int = 128) -> int:
-    """Bytes a format stores for an (N, K) weight, scales included."""
+    """Bytes a format stores for an (N, K) weight, scales included: the one formula
+    (`schemes.stored_weight_bytes`) with this benchmark's fp32 W8A8 scales and bf16 INT4 ones."""
     if fmt == "bf16":
         return 2 * n * k
     if fmt in ("fp8", "int8"):
-        return n * k + 4 * n
-    return n * k // 2 + 2 * n * (k // group_size)
+        return int(stored_weight_bytes(PRESETS[f"w8a8-{fmt}"].weights, n, k, scale_bytes=4))
+    return int(stored_weight_bytes(PRESETS["w4a16"].with_group_size(group_size).weights, n, k, scale_bytes=2))
 
 
 @dataclass

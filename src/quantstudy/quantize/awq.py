@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from quantstudy.quantize.primitives import (
-    QuantizedWeight,
-    compute_qparams,
-    grouped_view,
-    qdq_elementwise,
-    quantize,
-    reduce_min_max,
-)
+from quantstudy.numerics import QuantizedWeight, qdq_elementwise, quantize
+from quantstudy.quantize.primitives import compute_qparams, grouped_view, reduce_min_max
 from quantstudy.schemes import Strategy, WeightQuant
 
 

@@ -22,15 +22,8 @@ from __future__ import annotations
 import torch
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.quantize.primitives import (
-    QuantizedWeight,
-    compute_qparams,
-    expand_to_weight,
-    mse_clip_qparams,
-    qdq_elementwise,
-    quantize,
-    reduce_min_max,
-)
+from quantstudy.numerics import QuantizedWeight, expand_to_weight, qdq_elementwise, quantize
+from quantstudy.quantize.primitives import compute_qparams, mse_clip_qparams, reduce_min_max
 from quantstudy.schemes import WeightQuant
 
 

@@ -1,6 +1,6 @@
 """Walking a model: which linears a scheme quantizes, round-to-nearest over them (the
-calibrated algorithms walk layer by layer in sequential.py), and swapping them for
-fake-quant modules so the quantized model runs in PyTorch.
+calibrated algorithms walk layer by layer in sequential.py), and the in-memory quantized
+model (`apply_fake_quant`, through `inference.fake_quant`).
 
 The algorithms themselves (rtn, gptq, ...) never see a module; they get tensors.
 """
@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.quantize.primitives import QuantizedWeight, quantize_activations, sqnr_db
+from quantstudy.inference.fake_quant import install_fake_quant
+from quantstudy.numerics import QuantizedWeight, sqnr_db
 from quantstudy.quantize.rtn import rtn_quantize
-from quantstudy.schemes import ActivationQuant, Scheme, Strategy
+from quantstudy.schemes import Scheme, Strategy
 
 
 def is_ignored(name: str, ignore: tuple[str, ...]) -> bool:
@@ -120,39 +121,6 @@ def quantize_model_weights(
             if progress:
                 progress(name)
     return qweights, reports
-
-
-class FakeQuantLinear(nn.Module):
-    """A linear layer computing with dequantized weights and, for W8A8, activations
-    quantized per token on the fly: numerically what an engine's quantized GEMM does."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activations: ActivationQuant | None):
-        super().__init__()
-        self.in_features = weight.shape[1]
-        self.out_features = weight.shape[0]
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.activations = activations
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activations is not None:
-            x = quantize_activations(x, self.activations)
-        return nn.functional.linear(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        act = "a16" if self.activations is None else f"a{self.activations.num_bits}-{self.activations.type.value}"
-        return f"in={self.in_features}, out={self.out_features}, {act}"
-
-
-def install_fake_quant(model: nn.Module, weights: dict[str, torch.Tensor], activations: ActivationQuant | None) -> nn.Module:
-    """Replace each named linear in place by a FakeQuantLinear holding `weights[name]`."""
-    for name, weight in weights.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
-        bias = None if old.bias is None else old.bias.detach()
-        setattr(parent, child, FakeQuantLinear(weight.to(old.weight.dtype), bias, activations))
-    return model
 
 
 def apply_fake_quant(model: nn.Module, qweights: dict[str, QuantizedWeight], scheme: Scheme) -> nn.Module:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 
-from quantstudy.models.loading import load_model, torch_dtype
-from quantstudy.quantize.checkpoint import CheckpointInfo, read_checkpoint_info, save_checkpoint
+from quantstudy.inference.loading import load_model
+from quantstudy.models.checkpoint import CheckpointInfo, read_checkpoint_info
+from quantstudy.models.references import torch_dtype
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.model import (
     LayerReport,
@@ -20,7 +20,9 @@ from quantstudy.quantize.model import (
     quantizable_linears,
     quantize_model_weights,
 )
-from quantstudy.quantize.sequential import Recipe, decoder_layers, quantize_sequential
+from quantstudy.quantize.recipes import Recipe
+from quantstudy.quantize.sequential import decoder_layers, quantize_sequential
+from quantstudy.quantize.writer import save_checkpoint
 from quantstudy.schemes import Scheme
 
 
@@ -97,18 +99,3 @@ def quantize_loaded(
               "source_path": str(source), "calibration": calib_record}
     save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, record, reports)
     return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)
-
-
-def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> tuple[list[int], str]:
-    """Greedy continuation of a chat prompt: (new token ids, decoded text)."""
-    messages = [{"role": "user", "content": prompt}]
-    if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    new = out[0, ids.shape[1]:].tolist()
-    return new, tokenizer.decode(new, skip_special_tokens=True)

@@ -1,70 +1,17 @@
-"""Pure tensor maths of quantization: ranges, scales, zero points, round, cast, QDQ.
+"""How a weight's scales are chosen: per-scale extrema, abs-max and MSE-optimal clipping.
 
-Conventions follow compressed-tensors (and through it vLLM), so that what we compute
-is exactly what a checkpoint stores and an engine reads back:
-- integers are signed: q in [-2^(b-1), 2^(b-1)-1], asymmetric zero points live in the
-  same range and 0.0 is always representable;
-- a symmetric scale is absmax / (range / 2) (e.g. absmax / 7.5 for INT4, as GPTQ);
-- FP8 is E4M3 (max 448) with scale = absmax / 448;
-- a scale is rounded to its storage dtype *before* rounding the weights, so the stored
-  (q, scale) pair reproduces the dequantized weight bit for bit.
-
-Scale shapes are those of compressed-tensors: tensor (1,), channel (out, 1),
-group (out, in / group), block (ceil(out / rows), ceil(in / cols)).
+The number formats themselves (rounding onto a grid, dequantizing, per-token activation
+QDQ) live in `quantstudy.numerics`, one floor down, because the inference engine needs
+them too; this module holds what only the quantize stage does: choose the scale and
+zero point each group of weights gets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from quantstudy.schemes import ActivationQuant, NumberType, Strategy, WeightQuant
-
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
-
-
-@dataclass(frozen=True)
-class QuantizedWeight:
-    """A quantized weight as stored: integer/FP8 values plus their parameters."""
-
-    q: torch.Tensor  # int8 (any bit width <= 8) or float8_e4m3fn, shape [out, in]
-    scale: torch.Tensor
-    zero_point: torch.Tensor | None  # int8, only for asymmetric schemes
-    args: WeightQuant
-    g_idx: torch.Tensor | None = None  # input column -> group, for act-order groups
-
-    def split_rows(self, sizes: list[int]) -> list["QuantizedWeight"]:
-        """Undo a row-stacking of several weights quantized together (channel, group or
-        block scales: each row's parameters belong to that row alone)."""
-        if self.args.strategy is Strategy.TENSOR:
-            raise ValueError("tensor-wise scales cannot be split by rows")
-        if self.g_idx is not None:
-            raise ValueError("act-order group indices cannot be split by rows")
-        per_scale_row = 1 if self.args.strategy is not Strategy.BLOCK else self.args.block[0]
-        qs = self.q.split(sizes)
-        param_sizes = [n // per_scale_row for n in sizes]
-        scales = self.scale.split(param_sizes)
-        zps = [None] * len(sizes) if self.zero_point is None else self.zero_point.split(param_sizes)
-        return [QuantizedWeight(q.contiguous(), s.contiguous(), None if z is None else z.contiguous(), self.args)
-                for q, s, z in zip(qs, scales, zps)]
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Dequantized weight: exact in float32, then rounded once to `dtype` — the
-        same value compressed-tensors / vLLM produce when they dequantize in `dtype`."""
-        return dequantize(self.q, self.scale, self.zero_point, self.args, self.g_idx).to(dtype)
-
-
-def int_range(num_bits: int) -> tuple[int, int]:
-    return -(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1
-
-
-def _half_range(args: WeightQuant | ActivationQuant) -> float:
-    if args.type is NumberType.FLOAT:
-        return FP8_MAX
-    lo, hi = int_range(args.num_bits)
-    return (hi - lo) / 2
+from quantstudy.numerics import half_range, int_range, qdq_elementwise
+from quantstudy.schemes import Strategy, WeightQuant
 
 
 def reduce_min_max(w: torch.Tensor, args: WeightQuant) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +61,7 @@ def compute_qparams(
     eps = torch.finfo(scale_dtype).eps
     if args.symmetric:
         absmax = torch.maximum(min_vals.abs(), max_vals)
-        scale = (absmax / _half_range(args)).to(scale_dtype)
+        scale = (absmax / half_range(args)).to(scale_dtype)
         scale = torch.where(scale == 0, torch.full_like(scale, eps), scale)
         return scale, None
     lo, hi = int_range(args.num_bits)
@@ -122,103 +69,6 @@ def compute_qparams(
     scale = torch.where(scale == 0, torch.full_like(scale, eps), scale)
     zero_point = torch.clamp(torch.round(lo - min_vals / scale.float()), lo, hi)
     return scale, zero_point.to(torch.int8)
-
-
-def expand_to_weight(
-    param: torch.Tensor, shape: torch.Size, args: WeightQuant, g_idx: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Broadcast a scale or zero point to the full weight shape."""
-    rows, cols = shape
-    if args.strategy is Strategy.TENSOR:
-        return param.reshape(1, 1).expand(rows, cols)
-    if args.strategy is Strategy.CHANNEL:
-        return param.reshape(rows, 1).expand(rows, cols)
-    if args.strategy is Strategy.GROUP:
-        if g_idx is not None:
-            return param[:, g_idx.long()]
-        return param.repeat_interleave(args.group_size, dim=1)
-    if args.strategy is Strategy.BLOCK:
-        br, bc = args.block
-        return param.repeat_interleave(br, dim=0).repeat_interleave(bc, dim=1)[:rows, :cols]
-    raise ValueError(f"unsupported weight strategy {args.strategy}")
-
-
-def quantize(
-    w: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor | None,
-    args: WeightQuant,
-    g_idx: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Round a weight onto its grid: int8-held integers, or float8_e4m3fn values."""
-    s = expand_to_weight(scale.float(), w.shape, args, g_idx)
-    x = w.float() / s
-    if args.type is NumberType.FLOAT:
-        return x.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    lo, hi = int_range(args.num_bits)
-    x = torch.round(x)
-    if zero_point is not None:
-        x = x + expand_to_weight(zero_point.float(), w.shape, args, g_idx)
-    return x.clamp(lo, hi).to(torch.int8)
-
-
-def qdq_elementwise(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, args: WeightQuant
-) -> torch.Tensor:
-    """Quantize-dequantize with scale / zero point already broadcast to x (float32 out)."""
-    x = x.float()
-    if args.type is NumberType.FLOAT:
-        return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float() * scale
-    lo, hi = int_range(args.num_bits)
-    q = torch.round(x / scale)
-    if zero_point is None:
-        return q.clamp(lo, hi) * scale
-    return ((q + zero_point).clamp(lo, hi) - zero_point) * scale
-
-
-def dequantize(
-    q: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor | None,
-    args: WeightQuant,
-    g_idx: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Float32 weight from stored values. Exact: |q| <= 448 times a <=16-bit-mantissa scale."""
-    x = q.float()
-    if zero_point is not None:
-        x = x - expand_to_weight(zero_point.float(), q.shape, args, g_idx)
-    return x * expand_to_weight(scale.float(), q.shape, args, g_idx)
-
-
-def quantize_activations(x: torch.Tensor, args: ActivationQuant) -> torch.Tensor:
-    """Dynamic quantize-dequantize of activations, per token (or per token-group).
-
-    Scales are absmax / half-range computed in float32 from each token, as
-    compressed-tensors does at run time, and the result is returned in x's dtype.
-    """
-    orig_dtype, orig_shape = x.dtype, x.shape
-    xf = x.float()
-    if args.strategy is Strategy.GROUP:
-        xf = xf.unflatten(-1, (orig_shape[-1] // args.group_size, args.group_size))
-    absmax = xf.abs().amax(dim=-1, keepdim=True)
-    scale = absmax / _half_range(args)
-    scale = torch.where(scale == 0, torch.full_like(scale, torch.finfo(torch.float32).eps), scale)
-    if args.type is NumberType.FLOAT:
-        q = (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float()
-    else:
-        lo, hi = int_range(args.num_bits)
-        q = torch.round(xf / scale).clamp(lo, hi)
-    return (q * scale).reshape(orig_shape).to(orig_dtype)
-
-
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB (infinite when exact)."""
-    ref = reference.double()
-    noise = (ref - approx.double()).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
-    if noise == 0:
-        return float("inf")
-    return 10.0 * torch.log10(torch.tensor(signal / noise)).item()
 
 
 def grouped_view(w: torch.Tensor, args: WeightQuant) -> torch.Tensor:

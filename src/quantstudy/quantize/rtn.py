@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from quantstudy.quantize.primitives import QuantizedWeight, compute_qparams, quantize, reduce_min_max
+from quantstudy.numerics import QuantizedWeight, quantize
+from quantstudy.quantize.primitives import compute_qparams, reduce_min_max
 from quantstudy.schemes import WeightQuant
 
 

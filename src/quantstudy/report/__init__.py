@@ -1,7 +1,7 @@
-"""The report stage: a study-results dict -> report.html, tables/*.md|csv, results.json.
+"""Floor 7, report: typed study results -> report.html, tables/*.md|csv, results.json.
 
-Reads only the results dict (evaluate, compare, bench and predicted parts plus the
-deployment constraints) and the recommendation computed from it; it never runs a model,
+Reads only the study results (evaluate, compare, bench and predicted parts plus the
+deployment constraints) and the recommendation computed from them; it never runs a model,
 so a report can be rebuilt anywhere from the JSON alone. Modules: `tables` (rows for
 people and for machines), `plots` (PNG figures), `html` (the page).
 """
@@ -28,16 +28,19 @@ def _clean(value):
     return value
 
 
-def build_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write the report files under `out_dir`; returns {relative name: path} of everything written."""
+def build_report(results, out_dir: str | Path) -> dict[str, Path]:
+    """Write the report files under `out_dir`; returns {relative name: path} of everything written.
+    `results`: typed `StudyResults`, or a results dict (a results.json's content)."""
     from quantstudy.errors import QuantstudyError
     from quantstudy.recommend import recommend
     from quantstudy.report import html, plots, tables
+    from quantstudy.results import StudyResults
 
+    results = StudyResults.from_json(results)
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     rec, rec_error = None, None
-    if results.get("deployment"):
+    if results.deployment:
         try:
             rec = recommend(results)
         except QuantstudyError as exc:  # bad constraints: the rest of the report still stands
@@ -60,7 +63,7 @@ def build_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
         t = built[name]
         write(f"tables/{name}.md", t.markdown() if t.rows else f"### {t.title}\n\nNot run in this study.\n")
         write(f"tables/{name}.csv", t.csv() if t.records else ",".join(t.columns) + "\n")
-    full = {**results, "recommendation": rec.to_dict() if rec else None}
+    full = {**results.to_json(), "recommendation": rec.to_dict() if rec else None}
     write("results.json", json.dumps(_clean(full), indent=1, allow_nan=False) + "\n")
     write("report.html", html.render(results, rec, rec_error, built, figures, tables.accuracy_notes(results)))
     return paths

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import html
 
-from quantstudy.recommend import Recommendation, hardware_key, predicted_rows
-from quantstudy.report.tables import Table, num, variant_label
+from quantstudy.hardware import hardware_key
+from quantstudy.recommend import Recommendation
+from quantstudy.report.tables import Table, num
+from quantstudy.results import StudyResults
 
 SECTIONS = (("model", "Model and provenance"), ("variants", "Variants"), ("accuracy", "Accuracy"),
             ("similarity", "Text similarity"), ("performance", "Performance"),
@@ -53,49 +55,46 @@ def bullet_list(items) -> str:
     return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>" if items else ""
 
 
-def _model(results: dict) -> str:
-    m = results.get("model") or {}
-    params = m.get("params")
-    head = (f"<p><b>{esc(m.get('name', '?'))}</b> ({esc(m.get('ref', ''))})"
-            + (f", {params / 1e9:.2f} B parameters" if params else "") + "</p>")
-    prov = results.get("provenance") or {}
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in prov.items())
+def _model(results: StudyResults) -> str:
+    m = results.model
+    head = (f"<p><b>{esc(m.name)}</b> ({esc(m.ref)})"
+            + (f", {m.params / 1e9:.2f} B parameters" if m.params else "") + "</p>")
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in results.provenance.items())
     prov_html = f"<table><caption>Provenance</caption>{rows}</table>" if rows else "<p>No provenance recorded.</p>"
-    return head + bullet_list(m.get("notes") or []) + prov_html
+    return head + bullet_list(m.notes) + prov_html
 
 
-def _similarity(results: dict, table: Table, png: bytes | None) -> str:
-    cmp = results.get("compare")
-    if not cmp or not cmp.get("variants"):
+def _similarity(results: StudyResults, table: Table, png: bytes | None) -> str:
+    cmp = results.compare
+    if not cmp or not cmp.variants:
         return MISSING
-    s = cmp.get("settings") or {}
+    s = cmp.settings
     out = [f"<p>{esc(s.get('n_prompts', '?'))} prompts, greedy decoding, at most {esc(s.get('max_new_tokens', '?'))} "
            f"new tokens. BERTScore: {esc(s.get('bertscore', 'see settings'))}.</p>", table_html(table),
            figure(png, "text similarity per variant"), _observation(results, cmp),
            "<h3>Most divergent examples</h3>"]
-    for v in cmp["variants"]:
-        for ex in (v.get("examples") or [])[:EXAMPLES_PER_VARIANT]:
+    for v in cmp.variants:
+        for ex in v.examples[:EXAMPLES_PER_VARIANT]:
             out.append(
-                f'<div class="example"><h4>{esc(variant_label(results, v["name"]))} · {esc(ex["id"])} '
+                f'<div class="example"><h4>{esc(results.label(v.name))} · {esc(ex["id"])} '
                 f'({esc(ex.get("category", ""))}): STS {ex["sts"]:.2f}, ROUGE-L {ex["rougeL"]:.2f}, diverges at '
                 f'token {esc(ex.get("first_divergence", "?"))}</h4><p class="prompt">{esc(ex["prompt"])}</p>'
                 f'<div class="pair"><div><b>BF16</b><pre>{esc(ex["baseline"])}</pre></div>'
-                f'<div><b>{esc(variant_label(results, v["name"]))}</b><pre>{esc(ex["variant"])}</pre></div>'
+                f'<div><b>{esc(results.label(v.name))}</b><pre>{esc(ex["variant"])}</pre></div>'
                 "</div></div>")
     return "".join(out)
 
 
-def _observation(results: dict, cmp: dict) -> str:
+def _observation(results: StudyResults, cmp) -> str:
     """Whether the paper's "small models change wording but keep meaning" holds, per variant."""
     from quantstudy.compare.verdict import STS_CAVEAT, paper_observation
 
-    items = [f"{variant_label(results, v['name'])}: {paper_observation(v['aggregates']).text}"
-             for v in cmp["variants"]]
+    items = [f"{results.label(v.name)}: {paper_observation(v.aggregates).text}" for v in cmp.variants]
     return ("<h3>The paper's observation: small models change wording but keep meaning</h3>"
             + bullet_list(items) + f"<p>{esc(STS_CAVEAT)}.</p>")
 
 
-def _performance(results: dict, measured: Table, predicted: Table, png: bytes | None) -> str:
+def _performance(results: StudyResults, measured: Table, predicted: Table, png: bytes | None) -> str:
     out = ["<h3>Measured</h3>"]
     out += [table_html(measured), figure(png, "latency vs throughput per format")] if measured.rows else [MISSING]
     out += ["<h3>Predicted</h3>", table_html(predicted)]
@@ -117,19 +116,19 @@ def _recommendation(rec: Recommendation | None, error: str | None, table: Table,
             + figure(png, "recovery vs queries per dollar, Pareto front"))
 
 
-def preflight_notes(results: dict, rec: Recommendation | None) -> list[str]:
+def preflight_notes(results: StudyResults, rec: Recommendation | None) -> list[str]:
     """Every (format, hardware) pair of the study that vLLM does not serve natively, with why."""
-    from quantstudy.bench.hardware import get_gpu
     from quantstudy.bench.preflight import preflight
     from quantstudy.errors import QuantstudyError
+    from quantstudy.hardware import get_gpu
 
     seen: dict[tuple[str, str], str] = {}
-    for r in predicted_rows(results):
-        if r.get("status") != "native" and r.get("note"):
-            seen.setdefault((r["fmt"], r["hardware"]), f"{r['status']}: {r['note']}")
+    for r in results.predicted_rows():
+        if r.status != "native" and r.note:
+            seen.setdefault((r.fmt, r.hardware), f"{r.status}: {r.note}")
     pairs = [(c.fmt, rec.deployment["hardware"]) for c in rec.candidates] if rec else []
-    bench_hw = hardware_key((results.get("bench") or {}).get("hardware"))
-    pairs += [(v["format"].lower(), bench_hw) for v in results.get("variants") or [] if bench_hw]
+    bench_hw = hardware_key(results.bench.hardware if results.bench else None)
+    pairs += [(v.format.lower(), bench_hw) for v in results.variants if bench_hw]
     for fmt, hw in pairs:
         if (fmt, hw) in seen:
             continue
@@ -142,10 +141,10 @@ def preflight_notes(results: dict, rec: Recommendation | None) -> list[str]:
     return [f"{fmt} on {hw} — {note}" for (fmt, hw), note in seen.items()]
 
 
-def render(results: dict, rec: Recommendation | None, rec_error: str | None, tables: dict[str, Table],
+def render(results: StudyResults, rec: Recommendation | None, rec_error: str | None, tables: dict[str, Table],
            figures: dict[str, bytes | None], accuracy_notes: list[str]) -> str:
-    model = (results.get("model") or {}).get("name", "model")
-    ev = results.get("evaluate")
+    model = results.model.name
+    ev = results.evaluate
     accuracy = (table_html(tables["accuracy"]) + figure(figures["recovery"], "recovery per task with 95% intervals")
                 + (("<h3>Notes</h3>" + bullet_list(accuracy_notes)) if accuracy_notes else "")) if ev else MISSING
     pre = preflight_notes(results, rec)

@@ -14,8 +14,9 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from quantstudy.recommend import Recommendation, measured_points
-from quantstudy.report.tables import SIMILARITY, variant_label, variant_names
+from quantstudy.recommend import Recommendation
+from quantstudy.report.tables import SIMILARITY
+from quantstudy.results import StudyResults
 
 SIZE = (7.5, 4.2)
 DPI = 100
@@ -40,28 +41,30 @@ def _offsets(k: int, width: float = 0.6) -> list[float]:
     return [0.0] if k == 1 else [-width / 2 + width * i / (k - 1) for i in range(k)]
 
 
-def recovery_plot(results: dict) -> bytes | None:
+def recovery_plot(results: StudyResults) -> bytes | None:
     """Recovery per task (and the average) with 95% intervals; the 100% line is 'lossless'."""
-    ev = results.get("evaluate") or {}
-    tasks = [t for t, e in (ev.get("tasks") or {}).items() if e.get("metric") in ("accuracy", "perplexity")]
-    rows = tasks + (["average"] if ev.get("average") else [])
-    names = variant_names(results)
+    ev = results.evaluate
+    if ev is None:
+        return None
+    tasks = [t for t, e in ev.tasks.items() if e.metric in ("accuracy", "perplexity")]
+    rows = tasks + (["average"] if ev.average else [])
+    names = [v.name for v in results.variants]
     if not rows or not names:
         return None
     fig, ax = _figure()
     for i, (name, dx) in enumerate(zip(names, _offsets(len(names)))):
         xs, ys, lo, hi = [], [], [], []
         for j, task in enumerate(rows):
-            c = (ev["average"].get(name) if task == "average" else ev["tasks"][task]["variants"].get(name)) or {}
-            if c.get("recovery") is None:
+            c = ev.average.get(name) if task == "average" else ev.tasks[task].variants.get(name)
+            if c is None or c.recovery is None:
                 continue
-            ci = c.get("recovery_ci") or [c["recovery"], c["recovery"]]
+            ci = c.recovery_ci or (c.recovery, c.recovery)
             xs.append(j + dx)
-            ys.append(100 * c["recovery"])
-            lo.append(100 * (c["recovery"] - ci[0]))
-            hi.append(100 * (ci[1] - c["recovery"]))
+            ys.append(100 * c.recovery)
+            lo.append(100 * (c.recovery - ci[0]))
+            hi.append(100 * (ci[1] - c.recovery))
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, color=COLORS[i % len(COLORS)],
-                    label=variant_label(results, name))
+                    label=results.label(name))
     ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(rows)), rows, rotation=20)
     ax.set_ylabel("recovery vs BF16 (%)")
@@ -70,19 +73,18 @@ def recovery_plot(results: dict) -> bytes | None:
     return _png(fig)
 
 
-def similarity_plot(results: dict) -> bytes | None:
+def similarity_plot(results: StudyResults) -> bytes | None:
     """ROUGE-1/L, BERTScore and STS of each variant's text against BF16's, with intervals."""
-    variants = (results.get("compare") or {}).get("variants") or []
+    variants = results.compare.variants if results.compare else ()
     if not variants:
         return None
     fig, ax = _figure()
     for i, (v, dx) in enumerate(zip(variants, _offsets(len(variants)))):
-        a = v["aggregates"]
-        means = [a[m]["mean"] for m, _ in SIMILARITY]
-        err = [[a[m]["mean"] - a[m]["ci"][0] for m, _ in SIMILARITY],
-               [a[m]["ci"][1] - a[m]["mean"] for m, _ in SIMILARITY]]
+        stats = [v.aggregates.get(m) for m, _ in SIMILARITY]
+        means = [s.mean for s in stats]
+        err = [[s.mean - s.ci[0] for s in stats], [s.ci[1] - s.mean for s in stats]]
         ax.errorbar([k + dx for k in range(len(SIMILARITY))], means, yerr=err, fmt="o", capsize=3,
-                    color=COLORS[i % len(COLORS)], label=variant_label(results, v["name"]))
+                    color=COLORS[i % len(COLORS)], label=results.label(v.name))
     ax.set_xticks(range(len(SIMILARITY)), [label for _, label in SIMILARITY])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("similarity to BF16 output")
@@ -91,24 +93,23 @@ def similarity_plot(results: dict) -> bytes | None:
     return _png(fig)
 
 
-def latency_throughput_plot(results: dict) -> bytes | None:
+def latency_throughput_plot(results: StudyResults) -> bytes | None:
     """Median end-to-end latency against requests/s, one line per format and use case through
     its load levels (sync at the left end); where lines cross, the cheaper format changes."""
-    points = [p for p in measured_points(results) if p["requests_per_s"] and p["e2e_median_s"]]
+    points = [p for p in results.measured_points() if p.requests_per_s and p.e2e_median_s]
     if not points:
         return None
     fig, ax = _figure()
-    keys = list(dict.fromkeys((p["fmt"], p["use_case"]) for p in points))
+    keys = list(dict.fromkeys((p.fmt, p.use_case) for p in points))
     formats = list(dict.fromkeys(f for f, _ in keys))
     cases = list(dict.fromkeys(u for _, u in keys))
     for fmt, case in keys:
-        line = sorted((p for p in points if (p["fmt"], p["use_case"]) == (fmt, case)),
-                      key=lambda p: p["requests_per_s"])
-        ax.plot([p["requests_per_s"] for p in line], [p["e2e_median_s"] for p in line],
+        line = sorted((p for p in points if (p.fmt, p.use_case) == (fmt, case)), key=lambda p: p.requests_per_s)
+        ax.plot([p.requests_per_s for p in line], [p.e2e_median_s for p in line],
                 color=COLORS[formats.index(fmt) % len(COLORS)], linestyle=("-", "--", ":", "-.")[cases.index(case) % 4],
                 marker="o", label=f"{fmt} · {case}")
-        sync = [p for p in line if p["mode"] == "sync"]
-        ax.plot([p["requests_per_s"] for p in sync], [p["e2e_median_s"] for p in sync], linestyle="none",
+        sync = [p for p in line if p.mode == "sync"]
+        ax.plot([p.requests_per_s for p in sync], [p.e2e_median_s for p in sync], linestyle="none",
                 marker="s", markersize=9, markerfacecolor="none", color="black")
     ax.set_xlabel("requests/s (sync: one at a time; async: concurrent load)")
     ax.set_ylabel("median end-to-end latency (s)")

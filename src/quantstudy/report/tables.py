@@ -1,4 +1,4 @@
-"""Paper-style tables from a study-results dict, rendered as Markdown, CSV and HTML.
+"""Paper-style tables from typed study results, rendered as Markdown, CSV and HTML.
 
 Each table keeps two views of the same rows: `rows`, formatted for people (percentages,
 intervals in brackets, thousands separators), and `records`, raw numbers for machines
@@ -12,9 +12,10 @@ import csv
 import html
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from quantstudy.recommend import BASELINE, Recommendation, measured_points, predicted_rows
+from quantstudy.recommend import Recommendation
+from quantstudy.results import BASELINE, StudyResults
 
 SIMILARITY = (("rouge1", "ROUGE-1"), ("rougeL", "ROUGE-L"), ("bertscore", "BERTScore"), ("sts", "STS"))
 
@@ -78,131 +79,119 @@ def ms(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{1e3 * x:,.0f}"
 
 
-def variant_names(results: dict) -> list[str]:
-    return [v["name"] for v in results.get("variants") or []]
-
-
-def variant_label(results: dict, name: str) -> str:
-    if name == BASELINE:
-        return "BF16"
-    v = next((v for v in results.get("variants") or [] if v["name"] == name), {})
-    return v.get("label") or name
-
-
 # ---- the tables -------------------------------------------------------------------------------
 
-def variants_table(results: dict) -> Table:
+def variants_table(results: StudyResults) -> Table:
     t = Table("variants", "Variants", ["variant", "format", "algorithm", "size (GB)", "size vs BF16"])
-    for v in results.get("variants") or []:
-        t.add([v.get("label") or v["name"], v["format"], v.get("algorithm", ""), num(v.get("size_bytes", 0) / 1e9),
-               f"{v['size_vs_bf16']:.2f}×" if v.get("size_vs_bf16") is not None else "–"],
-              {k: v.get(k) for k in ("name", "format", "label", "algorithm", "size_bytes", "size_vs_bf16")})
+    for v in results.variants:
+        t.add([v.label or v.name, v.format, v.algorithm or "", num((v.size_bytes or 0) / 1e9),
+               f"{v.size_vs_bf16:.2f}×" if v.size_vs_bf16 is not None else "–"],
+              {k: getattr(v, k) for k in ("name", "format", "label", "algorithm", "size_bytes", "size_vs_bf16")})
     return t
 
 
-def accuracy_table(results: dict) -> Table:
+def accuracy_table(results: StudyResults) -> Table:
     """Rows tasks, columns BF16 + per variant score, recovery [CI], flips and verdict; an average row."""
-    ev = results.get("evaluate") or {}
-    names = variant_names(results)
+    ev = results.evaluate
+    names = [v.name for v in results.variants]
     cols = ["task", "n", "BF16"]
     for n in names:
-        label = variant_label(results, n)
+        label = results.label(n)
         cols += [f"{label}", f"{label} recovery % [95% CI]", f"{label} flips −/+", f"{label} verdict"]
     t = Table("accuracy", "Accuracy: score and recovery (variant / BF16) per task, 95% paired bootstrap", cols)
-    for task, e in (ev.get("tasks") or {}).items():
-        metric = e.get("metric")
-        base = e.get("baseline")
-        row = [task, str(e.get("n", "")), (pct(base) if metric == "accuracy" else
-                                           f"ppl {num(base)}" if metric == "perplexity" else "–")]
-        rec = {"task": task, "metric": metric, "n": e.get("n"), "baseline": base}
+    for task, e in (ev.tasks if ev else {}).items():
+        base = e.baseline
+        row = [task, "" if e.n is None else str(e.n), (pct(base) if e.metric == "accuracy" else
+                                                     f"ppl {num(base)}" if e.metric == "perplexity" else "–")]
+        rec = {"task": task, "metric": e.metric, "n": e.n, "baseline": base}
         for n in names:
-            c = e.get("variants", {}).get(n)
+            c = e.variants.get(n)
             if c is None:
                 row += ["–"] * 4
-            elif metric == "accuracy":
-                row += [pct(c["variant_mean"]), pct_ci(c["recovery"], c["recovery_ci"]),
-                        f"{c['flips_right_to_wrong']}/{c['flips_wrong_to_right']}", c["verdict"]]
-            elif metric == "perplexity":
-                row += [f"ppl {num(c['variant'])}", pct_ci(c["recovery"], c["recovery_ci"]), "", c["verdict"]]
+            elif e.metric == "accuracy":
+                row += [pct(c.variant_mean), pct_ci(c.recovery, c.recovery_ci),
+                        f"{c.flips_right_to_wrong}/{c.flips_wrong_to_right}", c.verdict]
+            elif e.metric == "perplexity":
+                row += [f"ppl {num(c.variant)}", pct_ci(c.recovery, c.recovery_ci), "", c.verdict]
             else:  # divergence: no baseline score, agreement with the baseline instead
-                row += [f"KL {c['kl']:.4f}", f"top-1 agree {pct_ci(c['top1_agreement'], c['top1_ci'])}", "", ""]
-            c = c or {}
-            score = c.get("variant_mean", c.get("variant", c.get("kl")))
-            ci = c.get("recovery_ci") or [None, None]
-            if "top1_agreement" in c:
-                rec[f"{n}_top1_agreement"] = c["top1_agreement"]
-            rec.update({f"{n}_score": score, f"{n}_recovery": c.get("recovery"),
+                row += [f"KL {c.kl:.4f}", f"top-1 agree {pct_ci(c.top1_agreement, c.top1_ci)}", "", ""]
+            score = getattr(c, "variant_mean", getattr(c, "variant", getattr(c, "kl", None)))
+            ci = getattr(c, "recovery_ci", None) or [None, None]
+            if hasattr(c, "top1_agreement"):
+                rec[f"{n}_top1_agreement"] = c.top1_agreement
+            rec.update({f"{n}_score": score, f"{n}_recovery": getattr(c, "recovery", None),
                         f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1],
-                        f"{n}_flips_right_to_wrong": c.get("flips_right_to_wrong"),
-                        f"{n}_flips_wrong_to_right": c.get("flips_wrong_to_right"), f"{n}_verdict": c.get("verdict")})
+                        f"{n}_flips_right_to_wrong": getattr(c, "flips_right_to_wrong", None),
+                        f"{n}_flips_wrong_to_right": getattr(c, "flips_wrong_to_right", None),
+                        f"{n}_verdict": getattr(c, "verdict", None)})
         t.add(row, rec)
-    avg = ev.get("average") or {}
+    avg = ev.average if ev else {}
     if avg:
         first = next(iter(avg.values()))
-        row = ["average", "", pct(first["baseline_mean"])]
-        rec = {"task": "average", "metric": "accuracy", "n": None, "baseline": first["baseline_mean"]}
+        row = ["average", "", pct(first.baseline_mean)]
+        rec = {"task": "average", "metric": "accuracy", "n": None, "baseline": first.baseline_mean}
         for n in names:
             a = avg.get(n)
-            row += ["–"] * 4 if a is None else [pct(a["variant_mean"]), pct_ci(a["recovery"], a["recovery_ci"]), "",
-                                                a["verdict"]]
-            a = a or {}
-            ci = a.get("recovery_ci") or [None, None]
-            rec.update({f"{n}_score": a.get("variant_mean"), f"{n}_recovery": a.get("recovery"),
-                        f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1], f"{n}_verdict": a.get("verdict")})
+            row += ["–"] * 4 if a is None else [pct(a.variant_mean), pct_ci(a.recovery, a.recovery_ci), "", a.verdict]
+            ci = (a.recovery_ci if a else None) or [None, None]
+            rec.update({f"{n}_score": a and a.variant_mean, f"{n}_recovery": a and a.recovery,
+                        f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1], f"{n}_verdict": a and a.verdict})
         t.add(row, rec)
     return t
 
 
-def accuracy_notes(results: dict) -> list[str]:
-    ev = results.get("evaluate") or {}
-    notes = [f"{task} / {n}: {note}" for task, e in (ev.get("tasks") or {}).items()
-             for n, c in e.get("variants", {}).items() for note in c.get("notes", [])]
-    return notes + [f"average / {n}: {note}" for n, a in (ev.get("average") or {}).items() for note in a["notes"]]
+def accuracy_notes(results: StudyResults) -> list[str]:
+    ev = results.evaluate
+    if ev is None:
+        return []
+    notes = [f"{task} / {n}: {note}" for task, e in ev.tasks.items()
+             for n, c in e.variants.items() for note in getattr(c, "notes", ())]
+    return notes + [f"average / {n}: {note}" for n, a in ev.average.items() for note in a.notes]
 
 
-def similarity_table(results: dict) -> Table:
+def similarity_table(results: StudyResults) -> Table:
     cols = ["variant", "n", *(label for _, label in SIMILARITY), "exact match %", "median first divergence"]
     t = Table("similarity", "Text similarity to BF16 outputs (mean [95% CI])", cols)
-    for v in (results.get("compare") or {}).get("variants") or []:
-        a = v["aggregates"]
-        fd = a.get("first_divergence")
-        t.add([variant_label(results, v["name"]), str(a["n"]),
-               *(f"{a[m]['mean']:.3f} [{a[m]['ci'][0]:.3f}, {a[m]['ci'][1]:.3f}]" for m, _ in SIMILARITY),
-               pct(a["exact_match"]["mean"]), "–" if fd is None else f"{fd['median']:.0f} tokens"],
-              {"variant": v["name"], "n": a["n"],
-               **{k: x for m, _ in SIMILARITY for k, x in ((m, a[m]["mean"]), (f"{m}_lo", a[m]["ci"][0]),
-                                                         (f"{m}_hi", a[m]["ci"][1]))},
-               "exact_match": a["exact_match"]["mean"], "first_divergence_median": fd and fd["median"]})
+    for v in results.compare.variants if results.compare else ():
+        a = v.aggregates
+        fd = a.first_divergence
+        t.add([results.label(v.name), str(a.n),
+               *(f"{a.get(m).mean:.3f} [{a.get(m).ci[0]:.3f}, {a.get(m).ci[1]:.3f}]" for m, _ in SIMILARITY),
+               pct(a.exact_match.mean), "–" if fd is None else f"{fd['median']:.0f} tokens"],
+              {"variant": v.name, "n": a.n,
+               **{k: x for m, _ in SIMILARITY for k, x in ((m, a.get(m).mean), (f"{m}_lo", a.get(m).ci[0]),
+                                                         (f"{m}_hi", a.get(m).ci[1]))},
+               "exact_match": a.exact_match.mean, "first_divergence_median": fd and fd["median"]})
     return t
 
 
-def measured_table(results: dict) -> Table:
-    hw = (results.get("bench") or {}).get("hardware", "")
+def measured_table(results: StudyResults) -> Table:
+    hw = results.bench.hardware if results.bench else ""
     cols = ["format", "use case", "tokens", "scale", "profile", "GPUs", "req/s", "out tok/s", "TTFT p50 ms",
             "TTFT p90 ms", "ITL p50 ms", "ITL p90 ms", "E2E p50 ms", "E2E p90 ms"]
     t = Table("performance_measured", f"Measured serving performance on {hw}", cols)
-    for p in measured_points(results):
-        t.add([p["fmt"], str(p["use_case"]), f"{p['prompt_tokens']}/{p['output_tokens']}", f"{p['scale']:g}",
-               p["profile"], str(p["gpus"]), num(p["requests_per_s"]), num(p["output_tokens_per_s"], 1),
-               ms(p["ttft_median_s"]), ms(p["ttft_p90_s"]), ms(p["itl_median_s"]), ms(p["itl_p90_s"]),
-               ms(p["e2e_median_s"]), ms(p["e2e_p90_s"])], {"hardware": hw, **p})
+    for p in results.measured_points():
+        t.add([p.fmt, str(p.use_case), f"{p.prompt_tokens}/{p.output_tokens}", f"{p.scale:g}",
+               p.profile, str(p.gpus), num(p.requests_per_s), num(p.output_tokens_per_s, 1),
+               ms(p.ttft_median_s), ms(p.ttft_p90_s), ms(p.itl_median_s), ms(p.itl_p90_s),
+               ms(p.e2e_median_s), ms(p.e2e_p90_s)], {"hardware": hw, **asdict(p)})
     return t
 
 
-def predicted_table(results: dict) -> Table:
+def predicted_table(results: StudyResults) -> Table:
     cols = ["shape", "hardware", "use case", "format", "support", "GPUs", "$/h", "sync latency s", "sync q/$",
             "async req/s", "async q/$ (GPUs)"]
     t = Table("performance_predicted", "Predicted serving cost (roofline model)", cols)
-    for r in predicted_rows(results):
-        runs = bool(r.get("gpus"))
-        t.add([str(r.get("shape")), r["hardware"], str(r.get("use_case")), r["fmt"], r["status"],
-               str(r["gpus"]) if runs else "–", num(r["usd_per_hour"]) if runs else "–",
-               num(r["latency_s"]) if runs else "–", num(r["sync_queries_per_usd"], 0) if runs else "–",
-               num(r["requests_per_s"]) if runs else "–",
-               f"{num(r['async_queries_per_usd'], 0)} ({r.get('async_gpus')})" if runs else "–"],
-              {k: r.get(k) for k in ("shape", "hardware", "use_case", "fmt", "status", "gpus", "usd_per_hour",
-                                     "latency_s", "sync_queries_per_usd", "requests_per_s", "async_queries_per_usd",
-                                     "async_gpus", "note")})
+    for r in results.predicted_rows():
+        runs = bool(r.gpus)
+        t.add([str(r.shape), r.hardware, str(r.use_case), r.fmt, r.status,
+               str(r.gpus) if runs else "–", num(r.usd_per_hour) if runs else "–",
+               num(r.latency_s) if runs else "–", num(r.sync_queries_per_usd, 0) if runs else "–",
+               num(r.requests_per_s) if runs else "–",
+               f"{num(r.async_queries_per_usd, 0)} ({r.async_gpus})" if runs else "–"],
+              {k: getattr(r, k) for k in ("shape", "hardware", "use_case", "fmt", "status", "gpus", "usd_per_hour",
+                                          "latency_s", "sync_queries_per_usd", "requests_per_s",
+                                          "async_queries_per_usd", "async_gpus", "note")})
     return t
 
 

@@ -65,7 +65,7 @@ def auto_group_size(config: dict) -> int:
 
 def resolve_variant(v, model_config: dict):
     """(scheme, recipe, calibration-or-None) of a VariantConfig, every preset default filled in."""
-    from quantstudy.quantize.sequential import Recipe
+    from quantstudy.quantize.recipes import Recipe
     from quantstudy.schemes import Strategy, get_scheme
 
     scheme = get_scheme(v.scheme)
@@ -113,7 +113,7 @@ def do_quantize(job_key: str, spec: dict, loaded=None, on_start=None, on_layer=N
     than recomputed; anything else in the way is a stale leftover and is removed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from quantstudy.quantize.calibration import CalibrationSpec
-    from quantstudy.quantize.checkpoint import read_checkpoint_info
+    from quantstudy.models.checkpoint import read_checkpoint_info
     from quantstudy.study.config import VariantConfig
 
     folder = Path(spec["folder"])
@@ -138,7 +138,7 @@ def do_quantize(job_key: str, spec: dict, loaded=None, on_start=None, on_layer=N
         v = VariantConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in spec["variant"].items()})
         scheme, recipe = resolve_variant(v, spec["model_config"])
         if loaded is None:
-            from quantstudy.models import load_model
+            from quantstudy.inference.loading import load_model
 
             loaded = load_model(spec["model_ref"], dtype="float32")
         model, tokenizer, source = loaded
@@ -174,38 +174,34 @@ def compare_job(cfg, model_fp: str, variants: list[tuple[str, str]]) -> Job:
                                       "seed": cfg.evaluate.seed if cfg.evaluate else 0, "code": __version__})
 
 
-def bench_job(cfg, name: str, fp: str, folder: Path, fmt: str, hardware: dict, support: dict) -> Job:
+def bench_job(cfg, run, fp: str, hardware: dict) -> Job:
+    """A planned bench run (`bench.plan.PlannedRun`) as a job. The host and CPU model are in
+    the key: a study moved to another machine measures again."""
     b = cfg.bench
-    modes = list(b.modes)
-    if support["status"] == "fallback":   # emulated: a few synchronous requests say enough
-        modes = ["synchronous"]
-        requests = {"synchronous": b.fallback_requests}
-    else:   # a concurrent run fills its batch at least twice
-        requests = {m: max(b.requests, 2 * b.concurrency) if m == "concurrent" else b.requests for m in modes}
-    # The host and CPU model are in the key: a study moved to another machine measures again.
-    inputs = {"stage": "bench", "name": name, "model": fp, "fmt": fmt, "use_cases": list(b.use_cases),
-              "scale": b.scale, "modes": modes, "requests": requests, "concurrency": b.concurrency,
-              "rates": list(b.rates), "hardware": hardware, "support": support, "code": __version__}
-    spec = {"folder": str(folder), "name": name, "python": b.vllm_python}
-    return Job("bench", name, inputs, spec)
+    inputs = {"stage": "bench", "name": run.name, "model": fp, "fmt": run.fmt, "use_cases": list(b.use_cases),
+              "scale": b.scale, "modes": list(run.modes), "requests": run.requests, "concurrency": b.concurrency,
+              "rates": list(b.rates), "hardware": hardware, "support": {"status": run.status, "reason": run.reason},
+              "code": __version__}
+    spec = {"run": dataclasses.asdict(run), "python": b.vllm_python}
+    return Job("bench", run.name, inputs, spec)
 
 
 def do_bench(job_key: str, inputs: dict, spec: dict) -> dict:
     """Serve one model with vLLM and run the workloads (or record why it was skipped)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if inputs["support"]["status"] == "refused":
-        return {"skipped": inputs["support"]["reason"], "measured": []}
-    from quantstudy.bench.runner import run_bench
+    from quantstudy.bench.plan import PlannedRun, execute
 
-    results = run_bench(spec["folder"], None, inputs["use_cases"], inputs["modes"], scale=inputs["scale"],
-                        requests=inputs["requests"], concurrency=inputs["concurrency"], rates=inputs["rates"],
-                        python=spec["python"], fmt=inputs["fmt"])
+    run = PlannedRun(**{**spec["run"], "modes": tuple(spec["run"]["modes"])})
+    if run.skipped:
+        return {"skipped": run.reason, "measured": []}
+    results = execute(run, inputs["use_cases"], inputs["scale"], inputs["concurrency"], inputs["rates"],
+                      python=spec["python"])
     return {"skipped": None, "measured": [r.to_dict() for r in results]}
 
 
 def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list) -> Job:
     from quantstudy.bench.cost import PRICES_FILE
-    from quantstudy.bench.roofline import model_fingerprint
+    from quantstudy.bench.roofline_constants import model_fingerprint
 
     p = cfg.predict
     inputs = {"stage": "predict", "shape": _plain(shape), "shape_name": shape_name, "formats": formats,

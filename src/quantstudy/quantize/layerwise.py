@@ -1,0 +1,124 @@
+"""What the layer-by-layer walker does to one decoder layer: run it on cached inputs, watch
+its linears' activations with hooks, and hand an algorithm the layer's work (`LayerWork`).
+
+The walker (`sequential`) owns the order of layers; the algorithms (`algorithms/`) own
+what to compute from a layer's activations; this module is the plumbing between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from quantstudy.models.families import Family, Mapping
+from quantstudy.quantize.smoothquant import fold_into_linear, fold_smoothing
+from quantstudy.schemes import Scheme
+
+Batches = list[tuple[torch.Tensor, dict]]   # (hidden states, the layer's keyword arguments) per batch
+
+
+class _Stop(Exception):
+    pass
+
+
+def capture_layer0_inputs(model, layers, calib_ids: torch.Tensor, batch_size: int) -> Batches:
+    """Run the model's embedding up to the first decoder layer, batch by batch, and keep what
+    enters it (hidden states and the keyword arguments the model passes: masks, positions)."""
+    captured: Batches = []
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache", "hidden_states")}
+        captured.append((hidden.detach(), kwargs))
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, calib_ids.shape[0], batch_size):
+            try:
+                model(calib_ids[start:start + batch_size], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_layer(layer, batches: Batches) -> Batches:
+    out = []
+    for hidden, kwargs in batches:
+        result = layer(hidden, **kwargs)
+        out.append((result[0] if isinstance(result, tuple) else result, kwargs))
+    return out
+
+
+def collect(layer, batches: Batches, names: list[str], fn: Callable[[str, torch.Tensor], None],
+            outputs: bool = False) -> None:
+    """Run the layer with hooks calling fn(name, input-or-output activations)."""
+    handles = []
+    for name in names:
+        def hook(_m, inp, out, _name=name):
+            fn(_name, (out if outputs else inp[0]).detach())
+        handles.append(layer.get_submodule(name).register_forward_hook(hook))
+    try:
+        run_layer(layer, batches)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def has_module(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def prev_rows(prev_weight: torch.Tensor, mapping: Mapping) -> slice:
+    """The rows of a (possibly fused) preceding linear whose outputs the mapping's targets read."""
+    n = prev_weight.shape[0]
+    return slice(round(mapping.prev_rows[0] * n), round(mapping.prev_rows[1] * n))
+
+
+def foldable(layer: nn.Module, mapping: Mapping, targets: list[str]) -> bool:
+    """Whether a scale can move across the mapping: the prev's output width (its mapped rows)
+    must be the targets' input width -- not so for v -> o under grouped-query attention."""
+    prev = layer.get_submodule(mapping.prev).weight
+    width = prev.shape[0] if prev.dim() == 1 else len(range(prev.shape[0])[prev_rows(prev, mapping)])
+    return width == layer.get_submodule(targets[0]).weight.shape[1]
+
+
+@torch.no_grad()
+def fold_mapping(layer: nn.Module, mapping: Mapping, targets: list[str], scales: torch.Tensor, family: Family) -> None:
+    """Divide the mapping's prev output by `scales` and multiply its targets' input columns by
+    them: the float layer computes the same function (SmoothQuant's and AWQ's fold)."""
+    prev = layer.get_submodule(mapping.prev)
+    weights = [layer.get_submodule(t).weight.data for t in targets]
+    if prev.weight.dim() == 1:   # a norm's gain
+        fold_smoothing(prev.weight.data, weights, scales, family.norm_offset)
+    else:
+        bias = None if prev.bias is None else prev.bias.data
+        fold_into_linear(prev.weight.data, bias, prev_rows(prev.weight, mapping), weights, scales)
+
+
+@dataclass
+class LayerWork:
+    """One decoder layer as an algorithm sees it."""
+
+    layer: nn.Module
+    batches: Batches               # its calibration inputs
+    linears: list[str]             # the linears to quantize (names inside the layer)
+    scheme: Scheme
+    scale_dtype: torch.dtype
+    prefix: str                    # the layer's name in the model (for messages)
+    family: Family | None          # norm/linear mappings, where the recipe needs them
+
+    def collect(self, names: list[str], fn: Callable[[str, torch.Tensor], None], outputs: bool = False) -> None:
+        collect(self.layer, self.batches, names, fn, outputs)
+
+    def module(self, name: str) -> nn.Module:
+        return self.layer.get_submodule(name)
