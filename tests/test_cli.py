@@ -50,6 +50,24 @@ def test_output_folder_not_empty(tmp_path):
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--device", "mps"], "only cpu and cuda"),
+    (["--max-memory", "lots"], "is not an amount of memory"),
+    (["--max-memory", "0GB"], "is not an amount of memory"),
+])
+def test_bad_device_or_memory_budget(args, message, tmp_path):
+    _one_line_error(runner.invoke(app, ["quantize", "--scheme", "w8a8-int8", "--algo", "gptq", "--out",
+                                        str(tmp_path / "x"), *args], env={"COLUMNS": "300"}), message)
+    assert not (tmp_path / "x").exists()
+
+
+def test_memory_amounts_parse():
+    from quantstudy.cli import parse_bytes
+
+    assert parse_bytes("8GiB", "-") == 8 * 2**30 and parse_bytes("512MB", "-") == 512 * 10**6
+    assert parse_bytes("1.5g", "-") == 1_500_000_000 and parse_bytes("4096", "-") == 4096
+
+
 @pytest.mark.slow
 def test_indivisible_group_size_names_layer_and_fixes(tmp_path, smollm2):
     result = runner.invoke(app, ["quantize", "--scheme", "w4a16", "--out", str(tmp_path / "x")],

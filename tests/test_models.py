@@ -89,7 +89,7 @@ def test_embedded_weights_sit_on_a_q4_1_grid(smollm2):
     compressed-tensors' asymmetric INT4 stores an *integer* zero point, so even at
     group 32 it cannot reproduce Q4_1's float offset m: RTN recovers the step d exactly
     (max - min = 15 d) but rounds -m/d, which costs ~22 dB SQNR, not zero error."""
-    from quantstudy.quantize.primitives import sqnr_db
+    from quantstudy.numerics import sqnr_db
     from quantstudy.quantize.rtn import rtn_quantize
     from quantstudy.schemes import get_scheme
 

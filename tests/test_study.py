@@ -308,18 +308,28 @@ def test_quantize_job_adopts_its_own_finished_checkpoint_and_replaces_anything_e
     model, tokenizer, folder = smollm2
     config = json.loads((Path(folder) / "config.json").read_text())
     job = quantize_job(cfg.variants[0], cfg, "fp", "smollm2-135m", Path(folder), tmp_path, config)
-    first = do_quantize(job.key, job.spec, loaded=smollm2)
+    first = do_quantize(job.key, job.spec)
     ckpt = tmp_path / "checkpoints" / "w8a8-fp8"
     stamp = {f.name: f.stat().st_mtime_ns for f in ckpt.iterdir()}
     # killed after the atomic write but before the store write: the rerun adopts the folder
-    again = do_quantize(job.key, job.spec, loaded=smollm2)
+    again = do_quantize(job.key, job.spec)
     assert again.pop("adopted") and not first.pop("adopted") and again == first
     assert {f.name: f.stat().st_mtime_ns for f in ckpt.iterdir()} == stamp
     # a folder some other job (or config) left behind is not trusted
     marker_path(ckpt).write_text("another-job")
-    third = do_quantize(job.key, job.spec, loaded=smollm2)
+    third = do_quantize(job.key, job.spec)
     assert not third.pop("adopted") and third == first
     assert marker_path(ckpt).read_text() == job.key
+
+
+def test_a_worker_that_cannot_see_the_study_folder_says_so_in_one_line(tmp_path):
+    from quantstudy.study.jobs import do_quantize
+
+    cfg = parse_config(TINY)
+    job = quantize_job(cfg.variants[0], cfg, "fp", "smollm2-135m", tmp_path, tmp_path, {"hidden_size": 576})
+    with pytest.raises(QuantstudyError, match="study folder is not visible from .* shared|every node mounts"):
+        do_quantize(job.key, {**job.spec, "probe": str(tmp_path / "elsewhere" / "study.sqlite")})
+    assert not (tmp_path / "checkpoints").exists()   # nothing written
 
 
 @pytest.mark.slow

@@ -59,6 +59,21 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=err_console, transient=True)
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str, option: str) -> int:
+    """'8GiB', '512MB', '2g', '1000000' -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m and _UNITS.get(m.group(2).lower())
+    if not m or unit is None or float(m.group(1)) <= 0:
+        raise QuantstudyError(f"{option} {text!r} is not an amount of memory (e.g. 8GiB, 512MB)")
+    return int(float(m.group(1)) * unit)
+
+
 def _fmt_db(x: float) -> str:
     return "exact" if x == float("inf") else f"{x:.1f}"
 
@@ -108,8 +123,17 @@ def quantize(
     ignore: Optional[str] = typer.Option(None, help="Comma-separated layers to keep unquantized "
                                          "(names or re:regex); default: lm_head."),
     allow_pickle: bool = typer.Option(False, help="Allow loading pickled .bin weights (can run code)."),
+    device: str = typer.Option("auto", help="Where calibration forwards, Hessians, GPTQ and AWQ run: auto (the "
+                               "first CUDA device where torch sees one, else the CPU), cpu, cuda or cuda:N."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget for the calibration activations carried "
+                                             "between layers (e.g. 8GiB); past it they spill to disk. Default: "
+                                             "no budget."),
 ) -> None:
-    """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load."""
+    """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load.
+
+    The model is streamed from its safetensors files: one decoder layer in memory at a time
+    (calibrated recipes), or one tensor at a time (RTN, no forward pass), written shard by shard
+    (5 GB shards) into a temporary folder renamed into place at the end."""
     from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.quantize.pipeline import quantize_checkpoint
     from quantstudy.quantize.recipes import Recipe
@@ -120,14 +144,13 @@ def quantize(
         chosen = chosen.with_ignore(tuple(p.strip() for p in ignore.split(",") if p.strip()))
     recipe = Recipe(algorithm=algo, smoothquant=smoothquant, dampening=dampening, actorder=actorder, mse_clip=mse_clip)
     calib = CalibrationSpec(source=calibration, num_samples=num_samples, seq_len=seq_len, seed=seed)
-    if out.exists() and any(out.iterdir()):
-        raise QuantstudyError(f"{out} exists and is not empty; choose another --out or remove it")
+    budget = parse_bytes(max_memory, "--max-memory") if max_memory is not None else None
     label = algo + (f" + smoothquant {smoothquant}" if smoothquant is not None else "")
     with _progress() as progress:
         task = progress.add_task(f"quantize {chosen.name} ({label})", total=None, item="loading model")
         result = quantize_checkpoint(
             model, chosen, out, recipe=recipe, calibration=calib, dtype=dtype, allow_pickle=allow_pickle,
-            on_start=lambda n: progress.update(task, total=n, item=""),
+            device=device, max_memory=budget, on_start=lambda n: progress.update(task, total=n, item=""),
             on_layer=lambda name: progress.update(task, advance=1, item=name),
         )
     info = result.checkpoint

@@ -106,7 +106,8 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
               python: str | Sequence[str] | None = None, max_model_len: int | None = None,
               enforce_eager: bool = True, slo_ttft_s: float | None = None, slo_itl_s: float | None = None,
               seed: int = 0, warmup: int = 1, strict: bool = True, fmt: str | None = None,
-              server_options: dict | None = None,
+              server_options: dict | None = None, max_output_tokens: int | None = None,
+              warmup_tokens: int = 8,
               on_result: Callable[[BenchResult], None] | None = None) -> list[BenchResult]:
     """Serve `model_dir` (or attach to `url`), run every use case under every profile.
 
@@ -115,6 +116,8 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
     `requests` is a count per run, or {profile kind: count} (a slow format can take
     fewer synchronous requests than a concurrency-8 run needs to fill its batch).
     `model_dir` is needed even with `url`: its tokenizer cuts the exact-length prompts.
+    `max_output_tokens` caps every use case's output (a format the engine only emulates is
+    timed on a few tokens: its per-token cost is the finding, and can be tens of seconds).
     With `strict`, a request that failed or whose token counts differ from what was asked
     raises -- such a run would not measure the shape it claims to."""
     from transformers import AutoTokenizer
@@ -122,6 +125,8 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
     model_dir = Path(model_dir)
     labels = [uc if isinstance(uc, str) else f"{uc[0]}/{uc[1]}" for uc in use_cases]
     shapes = [use_case_shape(uc, scale) for uc in use_cases]
+    if max_output_tokens:
+        shapes = [(p, min(o, max_output_tokens)) for p, o in shapes]
     profiles = make_profiles(mode, concurrency, rates, seed)
     counts = {p.kind: requests.get(p.kind, 8) if isinstance(requests, dict) else requests for p in profiles}
     if min(counts.values()) < 1:
@@ -137,7 +142,7 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
         for k, (label, (prompt, output)) in enumerate(zip(labels, shapes)):
             if warmup:
                 run_load(server.url, info.served_name,
-                         make_requests(tokenizer, prompt, min(output, 8), warmup, seed=seed + 10_000 + k),
+                         make_requests(tokenizer, prompt, min(output, warmup_tokens), warmup, seed=seed + 10_000 + k),
                          Profile("synchronous"))
             for j, profile in enumerate(profiles):
                 # A fresh prompt set per run: a repeated prompt would be served from vLLM's

@@ -71,8 +71,8 @@ def awq_clip_ratios(
     g = args.group_size
     n = cols // g
     blocks = gram.float().reshape(n, g, n, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [n, g, g]
-    best_err = torch.full((rows, n), float("inf"))
-    best = torch.ones(rows, n)
+    best_err = torch.full((rows, n), float("inf"), device=w.device)
+    best = torch.ones(rows, n, device=w.device)
     for i in range(int(max_shrink * grid)):
         p = 1 - i / grid
         dw = (_rtn_qdq(w, args, scale_dtype, clip=p) - w).reshape(rows, n, g)

@@ -40,7 +40,7 @@ def accumulate_hessian(
     if xtx is None:
         xtx = batch_xtx(x)
     if h is None:
-        h = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        h = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     h = h * (n / (n + t)) + (2.0 / (n + t)) * xtx
     return h, n + t
 
@@ -57,7 +57,7 @@ def _inverse_hessian_cholesky(h: torch.Tensor, dampening: float, layer: str) -> 
         try:
             # float32 factorisations, as GPTQ's reference code: 3x faster than float64 and
             # the dampening keeps them well conditioned; the accumulation stays float64
-            hd = (h + torch.eye(h.shape[0], dtype=h.dtype) * (damp * mean_diag)).float()
+            hd = (h + torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * (damp * mean_diag)).float()
             lower, info = torch.linalg.cholesky_ex(hd)
             if info.item() == 0:
                 inverse_upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
@@ -110,22 +110,28 @@ def gptq_quantize(
         z_full = None if z_full is None else z_full[:, perm]
 
     hinv = _inverse_hessian_cholesky(h, dampening, layer).float()
-    q_out = torch.zeros_like(w)
+    # The sweep runs on the transposes (one input column of W is one contiguous row of W^T):
+    # each step's rank-1 update then writes rows, not a strided column slice -- the same
+    # element-wise arithmetic, several times faster on a CPU.
+    wt = w.T.contiguous()
+    st = s_full.T.contiguous()
+    zt = None if z_full is None else z_full.T.contiguous()
+    qt = torch.zeros_like(wt)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        w1 = w[:, i1:i2].clone()
+        w1 = wt[i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         diag = torch.diag(hinv1).tolist()
         for i in range(i2 - i1):
-            col = w1[:, i]
-            z = None if z_full is None else z_full[:, i1 + i]
-            q = qdq_elementwise(col, s_full[:, i1 + i], z, args)
-            q_out[:, i1 + i] = q
+            col = w1[i]
+            q = qdq_elementwise(col, st[i1 + i], None if zt is None else zt[i1 + i], args)
+            qt[i1 + i] = q
             err = (col - q).div_(diag[i])
-            w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+            w1[i:].addr_(hinv1[i, i:], err, alpha=-1.0)
+            err1[i] = err
+        wt[i2:] -= hinv[i1:i2, i2:].T @ err1
+    q_out = qt.T
 
     if perm is not None:
         q_out = q_out[:, torch.argsort(perm)]

@@ -7,7 +7,7 @@ what to compute from a layer's activations; this module is the plumbing between 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -17,42 +17,7 @@ from quantstudy.models.families import Family, Mapping
 from quantstudy.quantize.smoothquant import fold_into_linear, fold_smoothing
 from quantstudy.schemes import Scheme
 
-Batches = list[tuple[torch.Tensor, dict]]   # (hidden states, the layer's keyword arguments) per batch
-
-
-class _Stop(Exception):
-    pass
-
-
-def capture_layer0_inputs(model, layers, calib_ids: torch.Tensor, batch_size: int) -> Batches:
-    """Run the model's embedding up to the first decoder layer, batch by batch, and keep what
-    enters it (hidden states and the keyword arguments the model passes: masks, positions)."""
-    captured: Batches = []
-
-    def hook(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache", "hidden_states")}
-        captured.append((hidden.detach(), kwargs))
-        raise _Stop
-
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for start in range(0, calib_ids.shape[0], batch_size):
-            try:
-                model(calib_ids[start:start + batch_size], use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def run_layer(layer, batches: Batches) -> Batches:
-    out = []
-    for hidden, kwargs in batches:
-        result = layer(hidden, **kwargs)
-        out.append((result[0] if isinstance(result, tuple) else result, kwargs))
-    return out
+Batches = Iterable[tuple[torch.Tensor, dict]]   # (hidden states, the layer's keyword arguments) per batch
 
 
 def collect(layer, batches: Batches, names: list[str], fn: Callable[[str, torch.Tensor], None],
@@ -64,7 +29,8 @@ def collect(layer, batches: Batches, names: list[str], fn: Callable[[str, torch.
             fn(_name, (out if outputs else inp[0]).detach())
         handles.append(layer.get_submodule(name).register_forward_hook(hook))
     try:
-        run_layer(layer, batches)
+        for hidden, kwargs in batches:
+            layer(hidden, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -110,7 +76,7 @@ class LayerWork:
     """One decoder layer as an algorithm sees it."""
 
     layer: nn.Module
-    batches: Batches               # its calibration inputs
+    batches: Batches               # its calibration inputs (`activations.LayerBatches`), iterable again and again
     linears: list[str]             # the linears to quantize (names inside the layer)
     scheme: Scheme
     scale_dtype: torch.dtype

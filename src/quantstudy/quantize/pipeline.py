@@ -1,4 +1,9 @@
-"""The quantize stage's entry point: model reference + scheme + algorithm -> checkpoint."""
+"""The quantize stage's entry points: model reference + scheme + recipe -> checkpoint.
+
+`quantize_checkpoint` streams from the model's files (`streaming`): one decoder layer in
+memory, on the GPU where there is one. `quantize_loaded` quantizes a model already in memory
+(tests, notebooks) through the same layer walk and writer.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
-from quantstudy.inference.loading import load_model
 from quantstudy.models.checkpoint import CheckpointInfo, read_checkpoint_info
-from quantstudy.models.references import torch_dtype
+from quantstudy.models.references import resolve_model, torch_dtype
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.model import (
     LayerReport,
@@ -50,16 +53,32 @@ def quantize_checkpoint(
     calibration: CalibrationSpec = CalibrationSpec(),
     dtype: str = "bfloat16",
     allow_pickle: bool = False,
+    device: str = "auto",
+    max_memory: int | None = None,
+    max_shard_bytes: int | None = None,
     on_layer: Callable[[str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> QuantizeResult:
-    """Load, quantize every targeted linear, write a compressed-tensors checkpoint."""
-    start = time.perf_counter()
-    model, tokenizer, source = load_model(model_ref, dtype="float32", allow_pickle=allow_pickle)
-    result = quantize_loaded(model, tokenizer, str(model_ref), source, scheme, out_dir, recipe, calibration, dtype,
-                             on_layer=on_layer, on_start=on_start, in_place=True)
-    result.seconds = time.perf_counter() - start
-    return result
+    """Quantize the model `model_ref` names into a compressed-tensors checkpoint, streaming
+    from its safetensors files. A pickle-only folder (allowed with `allow_pickle`) cannot be
+    streamed: it is loaded whole and quantized in memory."""
+    from quantstudy.quantize.streaming import quantize_streaming
+    from quantstudy.quantize.writer import check_output
+
+    check_output(Path(out_dir))   # before the model is even resolved
+    folder = Path(resolve_model(model_ref, allow_pickle=allow_pickle))
+    if not any(folder.glob("*.safetensors")):
+        from quantstudy.inference.loading import load_model
+
+        start = time.perf_counter()
+        model, tokenizer, source = load_model(folder, dtype="float32", allow_pickle=allow_pickle)
+        result = quantize_loaded(model, tokenizer, str(model_ref), source, scheme, out_dir, recipe, calibration, dtype,
+                                 on_layer=on_layer, on_start=on_start, in_place=True)
+        result.seconds = time.perf_counter() - start
+        return result
+    return quantize_streaming(folder, scheme, out_dir, recipe, calibration, dtype, device=device,
+                              max_memory=max_memory, max_shard_bytes=max_shard_bytes, source_ref=str(model_ref),
+                              on_start=on_start, on_layer=on_layer)
 
 
 def quantize_loaded(
@@ -76,7 +95,7 @@ def quantize_loaded(
     on_start: Callable[[int], None] | None = None,
     in_place: bool = False,
 ) -> QuantizeResult:
-    """Quantize a loaded float model into a checkpoint. Calibrated recipes change the
+    """Quantize a float model in memory into a checkpoint. Calibrated recipes change the
     weights they work on (smoothing, dequantized layers): unless `in_place`, they work
     on a copy and leave `model` as it was."""
     start = time.perf_counter()

@@ -1,20 +1,26 @@
-"""Sequential layer-wise calibration, as llm-compressor's sequential pipeline.
+"""The layer-by-layer walker, as llm-compressor's sequential pipeline, for a model in memory
+or streamed from its files.
 
-The decoder runs one layer at a time on cached inputs: capture what enters layer 0,
-then for each layer (1) smooth it if the recipe says so, (2) let the recipe's registered
-algorithm collect the statistics it needs with hooks on that layer only and choose the
-quantized values, (3) run the *quantized* layer to get the next layer's inputs, so later
-layers calibrate on the errors earlier ones make. Activations are kept for one layer
-at a time, never the whole model's.
+What enters every decoder layer is captured once (the embedding runs; the layers are
+replaced by recorders that keep their inputs and keyword arguments: masks, position
+embeddings, per layer, so sliding-window layers keep their own masks). Then for each layer:
+(1) its weights are made resident (`Weights`: a no-op for a model in memory, read from the
+shards when streaming), (2) it is smoothed if the recipe says so, (3) the recipe's
+registered algorithm collects the statistics it needs with hooks on that layer only and
+chooses the quantized values, (4) they go to the `Sink` (kept, or compressed and written),
+(5) the *quantized* layer runs to give the next layer's inputs -- later layers calibrate on
+the errors earlier ones make -- and (6) the layer's weights are released. Activations are
+kept for one layer at a time (`activations.Activations`, spilled to disk past a budget).
 
 The maths lives in gptq.py, awq.py, smoothquant.py (tensors in, tensors out); the
 algorithms' layer handlers in algorithms/; which norm feeds which linears in
-`models.families`. This module only walks layers and copies weights.
+`models.families`. This module only walks layers and moves tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,7 +28,8 @@ from torch import nn
 from quantstudy.errors import QuantstudyError
 from quantstudy.models.families import Family, family_for
 from quantstudy.numerics import QuantizedWeight
-from quantstudy.quantize.layerwise import LayerWork, capture_layer0_inputs, fold_mapping, has_module, run_layer
+from quantstudy.quantize.activations import Activations, LayerBatches
+from quantstudy.quantize.layerwise import LayerWork, fold_mapping, has_module
 from quantstudy.quantize.model import LayerReport, is_ignored
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
@@ -36,6 +43,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
     raise QuantstudyError("could not find the decoder layers of this model for sequential calibration")
+
+
+def layers_prefix(model: nn.Module, layers: nn.ModuleList) -> str:
+    return next(name for name, module in model.named_modules() if module is layers)
 
 
 def family_of(model: nn.Module, purpose: str = "SmoothQuant and AWQ") -> Family:
@@ -69,12 +80,152 @@ def smooth_layer(work: LayerWork, alpha: float) -> None:
         fold_mapping(work.layer, m, list(m.targets), smoothing_scales(absmax[m.prev], weights, alpha), work.family)
 
 
-def _commit(module: nn.Linear, name: str, qw: QuantizedWeight, qweights: dict, reports: list) -> None:
+# ---- where weights come from and where quantized values go -------------------------------------
+
+class Weights(Protocol):
+    """Makes a module's parameters resident for its turn, and releases them after."""
+
+    def materialize(self, module: nn.Module, prefix: str) -> None: ...
+
+    def release(self, module: nn.Module) -> None: ...
+
+
+class ResidentWeights:
+    """A model already in memory: nothing to read, nothing to free."""
+
+    def materialize(self, module: nn.Module, prefix: str) -> None:
+        pass
+
+    def release(self, module: nn.Module) -> None:
+        pass
+
+
+class Sink(Protocol):
+    def add_linear(self, name: str, qw: QuantizedWeight, module: nn.Linear) -> None: ...
+
+    def add(self, name: str, tensor: torch.Tensor) -> None: ...
+
+
+class KeepQuantized:
+    """Collects the quantized values by name (the in-memory path writes them out later)."""
+
+    def __init__(self):
+        self.qweights: dict[str, QuantizedWeight] = {}
+
+    def add_linear(self, name: str, qw: QuantizedWeight, module: nn.Linear) -> None:
+        self.qweights[name] = qw
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        pass
+
+
+def commit(module: nn.Linear, name: str, qw: QuantizedWeight, sink: Sink, reports: list) -> None:
     """Record a quantized linear and make the module compute with its dequantized weight."""
     w = module.weight.data
     reports.append(LayerReport.measure(name, w, qw))
     w.copy_(qw.dequantize(w.dtype))
-    qweights[name] = qw
+    sink.add_linear(name, qw, module)
+
+
+# ---- capture -----------------------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer during capture: keeps its inputs, passes hidden states on."""
+
+    def __init__(self, index: int, last: int, sink: list):
+        super().__init__()
+        self.index, self.last, self.sink = index, last, sink
+
+    def forward(self, hidden_states, *args, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+        self.sink.append((self.index, hidden_states.detach() if self.index == 0 else None, kwargs))
+        if self.index == self.last:
+            raise _Stop
+        return hidden_states
+
+
+def capture_inputs(model, layers: nn.ModuleList, calib_ids: torch.Tensor, batch_size: int,
+                   acts: Activations, device=None) -> list[list[dict]]:
+    """Run the model up to its decoder layers batch by batch: layer 0's hidden states go into
+    `acts`; every layer's keyword arguments per batch are returned (their tensors are shared
+    between layers that receive the same ones)."""
+    real = list(layers)
+    sink: list = []
+    for i in range(len(layers)):
+        layers[i] = _Recorder(i, len(real) - 1, sink)
+    kwargs: list[list[dict]] = [[] for _ in real]
+    try:
+        for start in range(0, calib_ids.shape[0], batch_size):
+            sink.clear()
+            batch = calib_ids[start:start + batch_size]
+            try:
+                model(batch if device is None else batch.to(device), use_cache=False)
+            except _Stop:
+                pass
+            for index, hidden, kw in sink:
+                if hidden is not None:
+                    acts.append(hidden)
+                kwargs[index].append(kw)
+    finally:
+        for i, layer in enumerate(real):
+            layers[i] = layer
+    return kwargs
+
+
+# ---- the walk ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe: Recipe, calib_ids: torch.Tensor,
+         scale_dtype: torch.dtype, batch_size: int = 8, device=None, max_memory: int | None = None,
+         on_layer: Callable[[str], None] | None = None,
+         after_capture: Callable[[], None] | None = None) -> list[LayerReport]:
+    """Calibrate and quantize every decoder layer in turn; returns per-linear reports. The
+    layers' float weights are changed on the way (smoothing folded in, quantized linears
+    dequantized) and each layer's final tensors go to `sink`."""
+    recipe.check(scheme)
+    family = family_of(model) if recipe.needs_mappings else None
+    algorithm, config = recipe.handler, recipe.algorithm_config()
+    layers = decoder_layers(model)
+    prefix = layers_prefix(model, layers)
+    if family is not None:
+        check_mappings(layers[0], family, f"{prefix}.0")
+    hidden = Activations(max_memory, device or "cpu")
+    layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden, device)
+    if after_capture:
+        after_capture()   # what only the capture needed (a streamed model's embedding) can go
+    reports: list[LayerReport] = []
+    for index, layer in enumerate(layers):
+        layer_prefix = f"{prefix}.{index}"
+        weights.materialize(layer, layer_prefix)
+        local = [n for n, m in layer.named_modules()
+                 if isinstance(m, nn.Linear) and not is_ignored(f"{layer_prefix}.{n}", scheme.ignore)]
+        batches = LayerBatches(hidden, layer_kwargs[index])
+        work = LayerWork(layer, batches, local, scheme, scale_dtype, layer_prefix, family)
+        if recipe.smoothquant is not None:
+            smooth_layer(work, recipe.smoothquant)
+        quantized = set()
+        for n, qw in algorithm.quantize_layer(work, config).items():
+            commit(layer.get_submodule(n), f"{layer_prefix}.{n}", qw, sink, reports)
+            quantized.add(n)
+        for name, p in layer.named_parameters():   # norms, as smoothed; the quantized linears went above
+            if name.rpartition(".")[0] not in quantized:
+                sink.add(f"{layer_prefix}.{name}", p.data)
+        if index + 1 < len(layers):   # quantized outputs feed the next layer
+            nxt = Activations(max_memory, device or "cpu")
+            for h, kw in batches:
+                out = layer(h, **kw)
+                nxt.append(out[0] if isinstance(out, tuple) else out)
+            hidden.close()
+            hidden = nxt
+        weights.release(layer)
+        if on_layer:
+            on_layer(layer_prefix)
+    hidden.close()
+    return reports
 
 
 @torch.no_grad()
@@ -87,38 +238,19 @@ def quantize_sequential(
     batch_size: int = 8,
     on_layer: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, QuantizedWeight], list[LayerReport]]:
-    """Calibrate and quantize layer by layer. Modifies `model` in place: smoothing is
-    folded in and each quantized linear holds its dequantized weight afterwards.
-    Per-layer SQNR is measured against the weight the algorithm received (after any
-    smoothing / AWQ scaling)."""
-    recipe.check(scheme)
-    family = family_of(model) if recipe.needs_mappings else None
-    algorithm, config = recipe.handler, recipe.algorithm_config()
-    layers = decoder_layers(model)
-    prefix = next(name for name, module in model.named_modules() if module is layers)
-    if family is not None:
-        check_mappings(layers[0], family, f"{prefix}.0")
-    batches = capture_layer0_inputs(model, layers, calib_ids, batch_size)
-    qweights: dict[str, QuantizedWeight] = {}
-    reports: list[LayerReport] = []
-    for index, layer in enumerate(layers):
-        layer_prefix = f"{prefix}.{index}"
-        local = [n for n, m in layer.named_modules()
-                 if isinstance(m, nn.Linear) and not is_ignored(f"{layer_prefix}.{n}", scheme.ignore)]
-        work = LayerWork(layer, batches, local, scheme, scale_dtype, layer_prefix, family)
-        if recipe.smoothquant is not None:
-            smooth_layer(work, recipe.smoothquant)
-        for n, qw in algorithm.quantize_layer(work, config).items():
-            _commit(layer.get_submodule(n), f"{layer_prefix}.{n}", qw, qweights, reports)
-        batches = run_layer(layer, batches)  # quantized outputs feed the next layer
-        if on_layer:
-            on_layer(layer_prefix)
+    """The walk over a model in memory. Modifies `model` in place: smoothing is folded in and
+    each quantized linear holds its dequantized weight afterwards. Per-layer SQNR is measured
+    against the weight the algorithm received (after any smoothing / AWQ scaling)."""
+    keep = KeepQuantized()
+    reports = walk(model, ResidentWeights(), keep, scheme, recipe, calib_ids, scale_dtype, batch_size,
+                   on_layer=on_layer)
+    prefix = layers_prefix(model, decoder_layers(model))
     # targeted linears outside the decoder layers (e.g. lm_head when not ignored): RTN
     for name, module in model.named_modules():
-        if (isinstance(module, nn.Linear) and name not in qweights and not name.startswith(prefix + ".")
+        if (isinstance(module, nn.Linear) and name not in keep.qweights and not name.startswith(prefix + ".")
                 and not is_ignored(name, scheme.ignore)):
-            _commit(module, name, rtn_quantize(module.weight.data, scheme.weights, scale_dtype), qweights, reports)
-    return qweights, reports
+            commit(module, name, rtn_quantize(module.weight.data, scheme.weights, scale_dtype), keep, reports)
+    return keep.qweights, reports
 
 
 @torch.no_grad()
@@ -126,9 +258,15 @@ def smooth_model(model: nn.Module, calib_ids: torch.Tensor, alpha: float, batch_
     """SmoothQuant alone: fold smoothing into every layer, float weights otherwise."""
     family = family_of(model, "SmoothQuant")
     layers = decoder_layers(model)
-    prefix = next(name for name, module in model.named_modules() if module is layers)
+    prefix = layers_prefix(model, layers)
     check_mappings(layers[0], family, f"{prefix}.0")
-    batches = capture_layer0_inputs(model, layers, calib_ids, batch_size)
+    hidden = Activations()
+    layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden)
     for index, layer in enumerate(layers):
+        batches = LayerBatches(hidden, layer_kwargs[index])
         smooth_layer(LayerWork(layer, batches, [], None, None, f"{prefix}.{index}", family), alpha)
-        batches = run_layer(layer, batches)
+        nxt = Activations()
+        for h, kw in batches:
+            out = layer(h, **kw)
+            nxt.append(out[0] if isinstance(out, tuple) else out)
+        hidden = nxt

@@ -7,6 +7,11 @@ so the tensors, names and `quantization_config` are exactly what vLLM and
 transformers expect. Re-quantizing our dequantized weight with our own scale gives
 back our integers exactly (w / s is an integer, or an FP8 value, by construction).
 
+`CheckpointOutput` takes tensors as they are produced (the streaming quantizer writes a
+layer and forgets it) into safetensors shards of at most `max_shard_bytes`
+(`shard_writer`), all inside a temporary folder beside `out_dir` that is renamed into place
+only when everything is written: a killed run leaves nothing half-written.
+
 Beside the weights we keep `quantstudy.json`: scheme, algorithm, source, dtype and
 per-layer SQNR -- the recipe, for the results store and `quantstudy info`. Reading (and
 the scheme <-> compressed-tensors mapping both sides share) is `models.checkpoint`.
@@ -22,16 +27,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from quantstudy import __version__
 from quantstudy.errors import QuantstudyError
 from quantstudy.models.checkpoint import RECIPE_FILE, ct_quantization_config, ct_scheme
 from quantstudy.numerics import QuantizedWeight
 from quantstudy.quantize.model import LayerReport
+from quantstudy.quantize.shard_writer import MAX_SHARD_BYTES, ShardWriter
 from quantstudy.schemes import NumberType, Scheme, Strategy
-
-MAX_SHARD_BYTES = 5 * 2**30
 
 
 def compress_layer(qw: QuantizedWeight, scheme: Scheme, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -50,26 +53,89 @@ def compress_layer(qw: QuantizedWeight, scheme: Scheme, bias: torch.Tensor | Non
     return out
 
 
-def _config_dict(model, scheme: Scheme, dtype: torch.dtype) -> dict:
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config["dtype"] = str(dtype).removeprefix("torch.")
-    config["quantization_config"] = ct_quantization_config(scheme)
-    return config
+def config_dict(config, scheme: Scheme, dtype: torch.dtype) -> dict:
+    """The source model's config.json with the checkpoint's dtype and quantization_config."""
+    out = config.to_dict()
+    out.pop("quantization_config", None)
+    out["dtype"] = str(dtype).removeprefix("torch.")
+    out["quantization_config"] = ct_quantization_config(scheme)
+    return out
 
 
-def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    shards, current, size = [], {}, 0
-    for key in sorted(tensors):
-        t = tensors[key]
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > MAX_SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[key] = t
-        size += nbytes
-    shards.append(current)
-    return shards
+def _json_default(obj):
+    if isinstance(obj, (NumberType, Strategy)):
+        return obj.value
+    raise TypeError(type(obj).__name__)
+
+
+def check_output(out_dir: Path) -> None:
+    """A checkpoint goes into a new or empty folder, never over anything."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        what = "is a file" if not out_dir.is_dir() else "is not empty"
+        raise QuantstudyError(f"{out_dir} exists and {what}; choose another --out or remove it")
+
+
+class CheckpointOutput:
+    """A checkpoint being written: tensors in, one folder out, or nothing."""
+
+    def __init__(self, out_dir: str | Path, scheme: Scheme, dtype: torch.dtype, max_shard_bytes: int | None = None):
+        self.out_dir, self.scheme, self.dtype = Path(out_dir), scheme, dtype
+        check_output(self.out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        self.shards = ShardWriter(self.tmp, max_shard_bytes or MAX_SHARD_BYTES)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """An unquantized tensor, stored in the checkpoint's dtype (integers as they are)."""
+        self.shards.add(name, tensor.detach().to(self.dtype) if tensor.is_floating_point() else tensor.detach())
+
+    def add_linear(self, name: str, qw: QuantizedWeight, module: torch.nn.Module | None = None,
+                   bias: torch.Tensor | None = None) -> None:
+        """A quantized linear, compressed; its bias (from `module`, or given) in the checkpoint's dtype."""
+        if module is not None and module.bias is not None:
+            bias = module.bias.data
+        cpu = QuantizedWeight(qw.q.cpu(), qw.scale.cpu(), None if qw.zero_point is None else qw.zero_point.cpu(),
+                              qw.args, None if qw.g_idx is None else qw.g_idx.cpu())
+        layer = compress_layer(cpu, self.scheme, None if bias is None else bias.detach().cpu().to(self.dtype))
+        for k, v in layer.items():
+            self.shards.add(f"{name}.{k}", v.contiguous())
+
+    def finish(self, config, generation_config, tokenizer, recipe: dict, layer_reports: list[LayerReport]) -> Path:
+        """Write the shards' index, config, generation config, tokenizer and quantstudy.json,
+        then rename the folder into place."""
+        self.shards.finish()
+        tmp = self.tmp
+        (tmp / "config.json").write_text(json.dumps(config_dict(config, self.scheme, self.dtype), indent=2,
+                                                    sort_keys=True))
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {
+            "quantstudy_version": __version__,
+            "scheme": {"name": self.scheme.name, "label": self.scheme.label, **asdict(self.scheme)},
+            "dtype": str(self.dtype).removeprefix("torch."),
+            **recipe,
+            "layers": [asdict(r) for r in layer_reports],
+        }
+        (tmp / RECIPE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
+        for f in tmp.iterdir():  # mkdtemp creates owner-only files
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if self.out_dir.exists():
+            self.out_dir.rmdir()
+        os.replace(tmp, self.out_dir)
+        return self.out_dir
+
+    def abort(self) -> None:
+        self.shards.abort()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self.abort()
 
 
 def save_checkpoint(
@@ -81,65 +147,17 @@ def save_checkpoint(
     dtype: torch.dtype,
     recipe: dict,
     layer_reports: list[LayerReport] | None = None,
+    max_shard_bytes: int | None = None,
 ) -> Path:
-    """Write a compressed-tensors checkpoint folder (atomically: all or nothing)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise QuantstudyError(f"{out_dir} exists and is not empty; choose another --out or remove it")
-    tensors: dict[str, torch.Tensor] = {}
-    state = model.state_dict()
+    """Write a model in memory with its quantized linears as a checkpoint (atomically)."""
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     skip = {f"{name}.{p}" for name in qweights for p in ("weight", "bias")}
-    for key, value in state.items():
-        if key in skip or (tied and key == "lm_head.weight"):
-            continue
-        tensors[key] = value.detach().to(dtype) if value.is_floating_point() else value.detach()
     modules = dict(model.named_modules())
-    for name, qw in qweights.items():
-        bias = modules[name].bias
-        layer = compress_layer(qw, scheme, None if bias is None else bias.detach().to(dtype))
-        tensors.update({f"{name}.{k}": v.contiguous() for k, v in layer.items()})
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        shards = _shards(tensors)
-        if len(shards) == 1:
-            save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards, 1):
-                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, tmp / fname, metadata={"format": "pt"})
-                weight_map.update({k: fname for k in shard})
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        (tmp / "config.json").write_text(json.dumps(_config_dict(model, scheme, dtype), indent=2, sort_keys=True))
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {
-            "quantstudy_version": __version__,
-            "scheme": {"name": scheme.name, "label": scheme.label, **asdict(scheme)},
-            "dtype": str(dtype).removeprefix("torch."),
-            **recipe,
-            "layers": [asdict(r) for r in (layer_reports or [])],
-        }
-        (tmp / RECIPE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
-        for f in tmp.iterdir():  # mkdtemp and safetensors create owner-only files
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _json_default(obj):
-    if isinstance(obj, (NumberType, Strategy)):
-        return obj.value
-    raise TypeError(type(obj).__name__)
+    with CheckpointOutput(out_dir, scheme, dtype, max_shard_bytes) as out:
+        for key, value in model.state_dict().items():
+            if key not in skip and not (tied and key == "lm_head.weight"):
+                out.add(key, value)
+        for name, qw in qweights.items():
+            out.add_linear(name, qw, modules[name])
+        out.finish(model.config, getattr(model, "generation_config", None), tokenizer, recipe, layer_reports or [])
+    return Path(out_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from quantstudy.bench.plan import FALLBACK_OUTPUT_TOKENS
 from quantstudy.results import BASELINE, StudyResults
 
 ALGORITHMS = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ"}
@@ -88,8 +89,8 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
     if bench:
         notes += [f"bench: {s['fmt']} not served on {bench['hardware']}: {s['reason']}" for s in bench["skipped"]]
         notes += [f"bench: {e['fmt']} is only emulated on {bench['hardware']} ({e['reason']}): measured with "
-                  f"{sum(e['requests'].values())} synchronous request(s), no concurrent load"
-                  for e in bench.get("emulated", [])]
+                  f"{sum(e['requests'].values())} synchronous request(s) of at most {FALLBACK_OUTPUT_TOKENS} output "
+                  "tokens, no concurrent load" for e in bench.get("emulated", [])]
         if any(m.get("scale", 1.0) != 1.0 for m in bench["measured"]):
             notes.append(f"bench: use cases shrunk to scale {cfg.bench.scale:g} to fit this machine; measured "
                          "figures show relative speed, costs come from the roofline predictions")

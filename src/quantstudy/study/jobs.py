@@ -104,14 +104,27 @@ def marker_path(folder: Path) -> Path:
     return folder.with_name(folder.name + ".job")
 
 
-def do_quantize(job_key: str, spec: dict, loaded=None, on_start=None, on_layer=None) -> dict:
-    """Write the variant's checkpoint; returns what the study records about it.
+def do_quantize(job_key: str, spec: dict, on_start=None, on_layer=None) -> dict:
+    """Write the variant's checkpoint, streaming from the model's files; returns what the
+    study records about it.
+
+    The checkpoint is written where the driver will read it (the study folder), so a worker
+    on another node needs that folder on a shared filesystem: the driver leaves a probe file
+    there, and a worker that cannot see it stops with a one-line error instead of writing a
+    checkpoint nobody reads.
 
     A marker next to the folder names the job that is writing it, written *before* the
     (atomic) checkpoint write starts: a folder present with its marker matching is this
     job's finished output from a run killed before the store write, and is adopted rather
     than recomputed; anything else in the way is a stale leftover and is removed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    probe = spec.get("probe")
+    if probe and not Path(probe).is_file():
+        import platform
+
+        raise QuantstudyError(f"the study folder is not visible from {platform.node()} (no {probe}): quantizing "
+                              "on another node needs the study folder on a filesystem every node mounts at the same "
+                              "path")
     from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.models.checkpoint import read_checkpoint_info
     from quantstudy.study.config import VariantConfig
@@ -133,18 +146,19 @@ def do_quantize(job_key: str, spec: dict, loaded=None, on_start=None, on_layer=N
         tmp = marker.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(job_key)
         tmp.replace(marker)
-        from quantstudy.quantize.pipeline import quantize_loaded
+        from quantstudy.quantize.streaming import quantize_streaming
 
         v = VariantConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in spec["variant"].items()})
         scheme, recipe = resolve_variant(v, spec["model_config"])
-        if loaded is None:
-            from quantstudy.inference.loading import load_model
-
-            loaded = load_model(spec["model_ref"], dtype="float32")
-        model, tokenizer, source = loaded
         calib = CalibrationSpec(**spec["calibration"]) if spec["calibration"] else CalibrationSpec()
-        quantize_loaded(model, tokenizer, spec["model_ref"], Path(source), scheme, folder, recipe=recipe,
-                        calibration=calib, dtype="bfloat16", on_start=on_start, on_layer=on_layer)
+        source = Path(spec["source"])
+        if not source.is_dir():   # another node: the model reference resolves there (an embedded one converts)
+            from quantstudy.models import resolve_model
+
+            source = Path(resolve_model(spec["model_ref"]))
+        quantize_streaming(source, scheme, folder, recipe, calib, dtype="bfloat16",
+                           device=spec.get("device", "auto"), max_memory=spec.get("max_memory"),
+                           source_ref=spec["model_ref"], on_start=on_start, on_layer=on_layer)
     info = read_checkpoint_info(folder)
     from quantstudy.quantize.model import aggregate_sqnr_db
 
@@ -181,7 +195,7 @@ def bench_job(cfg, run, fp: str, hardware: dict) -> Job:
     inputs = {"stage": "bench", "name": run.name, "model": fp, "fmt": run.fmt, "use_cases": list(b.use_cases),
               "scale": b.scale, "modes": list(run.modes), "requests": run.requests, "concurrency": b.concurrency,
               "rates": list(b.rates), "hardware": hardware, "support": {"status": run.status, "reason": run.reason},
-              "code": __version__}
+              "max_output_tokens": run.max_output_tokens, "code": __version__}
     spec = {"run": dataclasses.asdict(run), "python": b.vllm_python}
     return Job("bench", run.name, inputs, spec)
 
@@ -191,7 +205,7 @@ def do_bench(job_key: str, inputs: dict, spec: dict) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from quantstudy.bench.plan import PlannedRun, execute
 
-    run = PlannedRun(**{**spec["run"], "modes": tuple(spec["run"]["modes"])})
+    run = PlannedRun(**{**spec["run"], "modes": tuple(spec["run"]["modes"])})   # through JSON (Ray)
     if run.skipped:
         return {"skipped": run.reason, "measured": []}
     results = execute(run, inputs["use_cases"], inputs["scale"], inputs["concurrency"], inputs["rates"],

@@ -50,7 +50,6 @@ class _Runner:
         self.store = ResultStore(out / STORE)
         self.failures: list[dict] = []
         self.overall = progress.add_task("study", total=None)
-        self._loaded = None
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def log(self, event: str, job: J.Job, **extra) -> None:
@@ -117,13 +116,6 @@ class _Runner:
         return out
 
     # -- quantize ---------------------------------------------------------------------------------
-    def model(self):
-        if self._loaded is None:
-            from quantstudy.inference.loading import load_model
-
-            self._loaded = load_model(self.cfg.model, dtype="float32")
-        return self._loaded
-
     def quantize(self, qjobs: list[J.Job]) -> dict[str, dict]:
         done, pending = {}, []
         for job in qjobs:
@@ -139,12 +131,13 @@ class _Runner:
                 pending.append(job)
         if not pending:
             return done
-        if self.executor.name == "local":   # one loaded model shared by every variant
+        for job in pending:   # a worker checks it sees this (the study folder on shared storage)
+            job.spec["probe"] = str(self.store.path)
+        if self.executor.name == "local":   # in this process: a progress bar per variant
             def local(key, spec):
                 bar = self.progress.add_task(f"quantize {spec['variant']['name']}", total=None)
                 try:
-                    return J.do_quantize(key, spec, loaded=self.model(),
-                                         on_start=lambda n: self.progress.update(bar, total=n),
+                    return J.do_quantize(key, spec, on_start=lambda n: self.progress.update(bar, total=n),
                                          on_layer=lambda _: self.progress.advance(bar))
                 finally:
                     self.progress.remove_task(bar)

@@ -1,0 +1,204 @@
+"""Quantize a model of any size from its files: one decoder layer in memory at a time.
+
+The model is built on the meta device (parameters take no memory; small buffers such as
+rotary tables are real). Calibrated recipes run the sequential walk (`sequential.walk`)
+with `ShardWeights`: a layer's tensors are read from the safetensors shards when its turn
+comes and put back on the meta device after, and every finished layer goes straight into
+the output shards (`writer.CheckpointOutput`). Round-to-nearest needs no forward pass at
+all: it streams tensor by tensor, model-free, from the source shards to the output.
+
+Resident at any moment: one decoder layer, the calibration activations (spilled to disk past
+`max_memory`), the tensor being written, and the embedding while the first layer's inputs
+are captured. Forwards run in float32 on a CPU (the float model's own arithmetic) and in
+bfloat16 on a GPU; Hessians accumulate in float64, Cholesky factors and scale searches run
+in float32, on the same device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quantstudy.errors import QuantstudyError
+from quantstudy.models.checkpoint import read_checkpoint_info
+from quantstudy.models.references import torch_dtype
+from quantstudy.models.shards import ShardIndex
+from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
+from quantstudy.quantize.model import LayerReport, check_shapes, is_ignored
+from quantstudy.quantize.recipes import Recipe
+from quantstudy.quantize.rtn import rtn_quantize
+from quantstudy.quantize.sequential import decoder_layers, layers_prefix, walk
+from quantstudy.quantize.writer import CheckpointOutput
+from quantstudy.schemes import Scheme
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """auto: the first CUDA device where torch sees one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise QuantstudyError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise QuantstudyError(f"--device {device}: only cpu and cuda[:N] are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise QuantstudyError(f"--device {device}: torch sees no CUDA device on this machine")
+    return dev
+
+
+def meta_model(folder: Path, dtype: torch.dtype):
+    """(model, generation config): the modules with parameters on the meta device, buffers real."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QuantstudyError(f"could not build the model of {folder}: {first}") from None
+    try:   # what from_pretrained attaches: the folder's generation_config.json, else one from the config
+        generation = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    return model.eval(), generation
+
+
+class ShardWeights:
+    """Parameters read from the shards when a module's turn comes, freed (back to meta) after."""
+
+    def __init__(self, shards: ShardIndex, dtype: torch.dtype, device: torch.device):
+        self.shards, self.dtype, self.device = shards, dtype, device
+
+    def materialize(self, module: nn.Module, prefix: str) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        for name, _ in list(module.named_parameters()):
+            full = f"{prefix}.{name}" if prefix else name
+            set_module_tensor_to_device(module, name, self.device, value=self.shards.get(full, dtype=self.dtype))
+
+    def release(self, module: nn.Module) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        for name, _ in list(module.named_parameters()):
+            set_module_tensor_to_device(module, name, "meta")
+
+
+class ShardSink:
+    """The walk's output, written as it comes (linears compressed, the rest in the checkpoint dtype)."""
+
+    def __init__(self, output: CheckpointOutput):
+        self.output, self.written = output, set()
+
+    def add_linear(self, name, qw, module) -> None:
+        self.output.add_linear(name, qw, module)
+        self.written.update((f"{name}.weight", f"{name}.bias"))
+
+    def add(self, name, tensor) -> None:
+        self.output.add(name, tensor)
+        self.written.add(name)
+
+
+@torch.no_grad()
+def quantize_streaming(
+    source: str | Path,
+    scheme: Scheme,
+    out_dir: str | Path,
+    recipe: Recipe = Recipe(),
+    calibration: CalibrationSpec = CalibrationSpec(),
+    dtype: str = "bfloat16",
+    device: str = "auto",
+    max_memory: int | None = None,
+    max_shard_bytes: int | None = None,
+    batch_size: int = 8,
+    source_ref: str | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_layer: Callable[[str], None] | None = None,
+    weights_factory=ShardWeights,
+):
+    """Quantize the safetensors model in folder `source` into a compressed-tensors checkpoint
+    at `out_dir`, one decoder layer (or, for RTN, one tensor) at a time."""
+    from transformers import AutoTokenizer
+
+    from quantstudy.quantize.pipeline import QuantizeResult
+
+    start = time.perf_counter()
+    source = Path(source)
+    store_dtype = torch_dtype(dtype)
+    dev = resolve_device(device)
+    compute_dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    recipe.check(scheme)
+    model, generation = meta_model(source, compute_dtype)
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_ignored(n, scheme.ignore)]
+    check_shapes(targets, scheme)     # before any work
+    shards = ShardIndex(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    output = CheckpointOutput(out_dir, scheme, store_dtype, max_shard_bytes)
+    sink = ShardSink(output)
+    try:
+        if recipe.needs_calibration:
+            calib_ids = load_calibration(calibration, tokenizer)
+            reports = _calibrated(model, weights_factory(shards, compute_dtype, dev), sink, scheme, recipe, calib_ids,
+                                  store_dtype, dev, max_memory, batch_size, on_start, on_layer)
+        else:
+            reports = []
+            if on_start:
+                on_start(len(targets))
+        # what is left: targets outside the walk (all of them for RTN; lm_head when not ignored),
+        # then every other tensor of the source (embeddings, the final norm, untargeted linears)
+        for name, _ in targets:
+            if f"{name}.weight" not in sink.written:
+                w = shards.get(f"{name}.weight", dtype=torch.float32)
+                qw = rtn_quantize(w, scheme.weights, store_dtype)
+                reports.append(LayerReport.measure(name, w, qw))
+                bias = f"{name}.bias"
+                output.add_linear(name, qw, bias=shards.get(bias) if bias in shards else None)
+                sink.written.update((f"{name}.weight", bias))
+                if on_layer and not recipe.needs_calibration:
+                    on_layer(name)
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        for name in shards.names():
+            if name not in sink.written and not (tied and name == "lm_head.weight"):
+                output.add(name, shards.get(name))
+        record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": source_ref or str(source),
+                  "source_path": str(source), "calibration": calibration.record() if recipe.needs_calibration else None}
+        output.finish(model.config, generation, tokenizer, record, reports)
+    except BaseException:
+        output.abort()
+        raise
+    finally:
+        shards.close()
+    return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)
+
+
+def _calibrated(model, weights: ShardWeights, sink, scheme, recipe, calib_ids, store_dtype, dev, max_memory,
+                batch_size, on_start, on_layer) -> list[LayerReport]:
+    """The walk over the decoder layers, the embedding (and whatever else lies before the first
+    layer) resident only while the first layer's inputs are captured."""
+    layers = decoder_layers(model)
+    prefix = layers_prefix(model, layers)
+    if on_start:
+        on_start(len(layers))
+    from accelerate.utils import set_module_tensor_to_device
+
+    shell = [n for n, _ in model.named_parameters() if not n.startswith(prefix + ".") and n in weights.shards]
+    for name in shell:
+        set_module_tensor_to_device(model, name, dev, value=weights.shards.get(name, dtype=weights.dtype))
+    for module in model.modules():   # buffers (rotary tables) on the compute device
+        for key, buf in list(module._buffers.items()):
+            if buf is not None and buf.device != dev:
+                module._buffers[key] = buf.to(dev)
+
+    def capture_done():
+        for name in shell:
+            set_module_tensor_to_device(model, name, "meta")
+
+    return walk(model, weights, sink, scheme, recipe, calib_ids, store_dtype, batch_size, device=dev,
+                max_memory=max_memory, on_layer=on_layer, after_capture=capture_done)
