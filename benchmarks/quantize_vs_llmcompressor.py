@@ -43,7 +43,8 @@ def ensure_peer_env() -> Path:
     return python
 
 
-def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int, out: str) -> dict:
+def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int, out: str,
+             forward_dtype: str = "auto") -> dict:
     """Child process: quantize with quantstudy, print seconds and peak RSS."""
     start = time.perf_counter()
     from quantstudy.quantize.calibration import CalibrationSpec
@@ -54,7 +55,8 @@ def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int
     scheme_name, kwargs = RECIPES[recipe]
     scheme = get_scheme(scheme_name, group if scheme_name.startswith("w4") else None)
     quantize_checkpoint(model_dir, scheme, out, recipe=Recipe(**kwargs),
-                        calibration=CalibrationSpec("instruct-mix", samples, seq_len), dtype="bfloat16")
+                        calibration=CalibrationSpec("instruct-mix", samples, seq_len), dtype="bfloat16",
+                        forward_dtype=forward_dtype)
     return {"seconds": time.perf_counter() - start,
             "max_rss_mb": peak_rss_mb()}
 
@@ -74,11 +76,14 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--eval-windows", type=int, default=40)
+    parser.add_argument("--forward-dtype", default="auto", help="quantstudy's calibration GEMM dtype (auto = float32 on a "
+                        "CPU | float32 | bfloat16); llm-compressor runs the model in float32, its dtype on disk")
     parser.add_argument("--child", nargs=4, metavar=("MODEL_DIR", "RECIPE", "OUT", "_"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         model_dir, recipe, out, _ = args.child
-        print(json.dumps(run_ours(model_dir, recipe, args.samples, args.seq_len, args.group_size, out)))
+        print(json.dumps(run_ours(model_dir, recipe, args.samples, args.seq_len, args.group_size, out,
+                                  args.forward_dtype)))
         return
 
     import torch
@@ -106,7 +111,7 @@ def main() -> None:
         for recipe in args.recipes.split(","):
             ours_dir, peer_dir = Path(tmp) / f"ours-{recipe}", Path(tmp) / f"peer-{recipe}"
             ours = _child([sys.executable, __file__, "--samples", str(args.samples), "--seq-len", str(args.seq_len),
-                           "--group-size", str(args.group_size), "--child", str(model_dir), recipe, str(ours_dir), "-"])
+                           "--group-size", str(args.group_size), "--forward-dtype", args.forward_dtype, "--child", str(model_dir), recipe, str(ours_dir), "-"])
             peer = _child([str(peer_python), str(ROOT / "benchmarks" / "llmcompressor_peer.py"), str(model_dir),
                            str(calib_path), recipe, str(args.group_size), str(peer_dir)])
             p_ours = ppl(AutoModelForCausalLM.from_pretrained(ours_dir, dtype=torch.float32))

@@ -8,7 +8,7 @@ import pytest
 
 from quantstudy.compare.generate import generate_cached
 from quantstudy.compare.metrics import TextSimilarity, aggregate, bootstrap_indices, first_divergence, mean_interval
-from quantstudy.data.prompts import CATEGORIES, PROMPT_FILE, Prompt, load_prompts
+from quantstudy.data.prompts import CATEGORIES, Prompt, load_prompts
 from quantstudy.inference.requests import Generation
 from quantstudy.compare.verdict import PARAPHRASE_STS, measure_paraphrase_sts, observation_summary, paper_observation
 from quantstudy.errors import QuantstudyError

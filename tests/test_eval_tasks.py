@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from quantstudy.items import ItemResult
 from quantstudy.inference.requests import Generation

@@ -158,3 +158,20 @@ def test_bad_device_is_a_one_line_error():
     if not torch.cuda.is_available():
         with pytest.raises(QuantstudyError, match="no CUDA device"):
             streaming.resolve_device("cuda:0")
+
+
+def test_bf16_forwards_change_little_and_are_recorded(source, tmp_path):
+    """forward_dtype='bfloat16' on a CPU runs the calibration GEMMs in bf16 (weights float32):
+    the Hessians change by bf16 rounding of the activations only, so GPTQ picks the same
+    integers for the vast majority of weights, and the checkpoint says how it was made."""
+    scheme = get_scheme("w4a16", 32)
+    quantize_streaming(source, scheme, tmp_path / "f32", Recipe("gptq"), CALIB, device="cpu")
+    quantize_streaming(source, scheme, tmp_path / "bf16", Recipe("gptq"), CALIB, device="cpu", forward_dtype="bfloat16")
+    a, b = _tensors(tmp_path / "f32"), _tensors(tmp_path / "bf16")
+    packed = [k for k in a if k.endswith("weight_packed")]
+    same = sum(int((a[k] == b[k]).sum()) for k in packed) / sum(a[k].numel() for k in packed)
+    assert 0.5 < same < 1.0   # int32 words of 8 nibbles each: one differing nibble spoils a word
+    records = [json.loads((tmp_path / f / "quantstudy.json").read_text())["forward_gemm_dtype"] for f in ("f32", "bf16")]
+    assert records == ["float32", "bfloat16"]
+    with pytest.raises(QuantstudyError, match="forward dtype 'fp16'"):
+        quantize_streaming(source, scheme, tmp_path / "bad", Recipe("gptq"), CALIB, device="cpu", forward_dtype="fp16")

@@ -128,6 +128,10 @@ def quantize(
     max_memory: Optional[str] = typer.Option(None, help="Memory budget for the calibration activations carried "
                                              "between layers (e.g. 8GiB); past it they spill to disk. Default: "
                                              "no budget."),
+    forward_dtype: str = typer.Option("auto", help="GEMM dtype of the calibration forwards: auto (bfloat16 on "
+                                      "a GPU, float32 on a CPU), float32, or bfloat16 (on a CPU: float32 weights, "
+                                      "bf16 GEMMs; ~20% faster where the CPU has AVX512-BF16 or AMX, slightly "
+                                      "worse quality). Hessians are float32 either way."),
 ) -> None:
     """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load.
 
@@ -150,7 +154,8 @@ def quantize(
         task = progress.add_task(f"quantize {chosen.name} ({label})", total=None, item="loading model")
         result = quantize_checkpoint(
             model, chosen, out, recipe=recipe, calibration=calib, dtype=dtype, allow_pickle=allow_pickle,
-            device=device, max_memory=budget, on_start=lambda n: progress.update(task, total=n, item=""),
+            device=device, max_memory=budget, forward_dtype=forward_dtype,
+            on_start=lambda n: progress.update(task, total=n, item=""),
             on_layer=lambda name: progress.update(task, advance=1, item=name),
         )
     info = result.checkpoint

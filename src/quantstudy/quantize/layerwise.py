@@ -7,6 +7,7 @@ what to compute from a layer's activations; this module is the plumbing between 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,17 +21,30 @@ from quantstudy.schemes import Scheme
 Batches = Iterable[tuple[torch.Tensor, dict]]   # (hidden states, the layer's keyword arguments) per batch
 
 
+def forward_precision(gemm_dtype: torch.dtype | None, device: torch.device | str = "cpu"):
+    """The context calibration forwards run in: GEMMs in `gemm_dtype` under autocast while
+    weights, norms and the residual stream stay in their own dtype (float32 master weights on
+    a CPU with native bf16: the algorithms never see rounded weights). None: as they are."""
+    if gemm_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=gemm_dtype)
+
+
 def collect(layer, batches: Batches, names: list[str], fn: Callable[[str, torch.Tensor], None],
-            outputs: bool = False) -> None:
-    """Run the layer with hooks calling fn(name, input-or-output activations)."""
+            outputs: bool = False, gemm_dtype: torch.dtype | None = None) -> None:
+    """Run the layer with hooks calling fn(name, input-or-output activations). The hooks run
+    outside any autocast: statistics (Hessians, Gram matrices) are float32 products."""
     handles = []
+    device = next(layer.parameters()).device
     for name in names:
         def hook(_m, inp, out, _name=name):
-            fn(_name, (out if outputs else inp[0]).detach())
+            with torch.autocast(device.type, enabled=False):
+                fn(_name, (out if outputs else inp[0]).detach())
         handles.append(layer.get_submodule(name).register_forward_hook(hook))
     try:
-        for hidden, kwargs in batches:
-            layer(hidden, **kwargs)
+        with forward_precision(gemm_dtype, device):
+            for hidden, kwargs in batches:
+                layer(hidden, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -82,9 +96,10 @@ class LayerWork:
     scale_dtype: torch.dtype
     prefix: str                    # the layer's name in the model (for messages)
     family: Family | None          # norm/linear mappings, where the recipe needs them
+    gemm_dtype: torch.dtype | None = None   # forwards' GEMM dtype under autocast (None: the weights')
 
     def collect(self, names: list[str], fn: Callable[[str, torch.Tensor], None], outputs: bool = False) -> None:
-        collect(self.layer, self.batches, names, fn, outputs)
+        collect(self.layer, self.batches, names, fn, outputs, self.gemm_dtype)
 
     def module(self, name: str) -> nn.Module:
         return self.layer.get_submodule(name)

@@ -56,6 +56,7 @@ def quantize_checkpoint(
     device: str = "auto",
     max_memory: int | None = None,
     max_shard_bytes: int | None = None,
+    forward_dtype: str = "auto",
     on_layer: Callable[[str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> QuantizeResult:
@@ -77,7 +78,8 @@ def quantize_checkpoint(
         result.seconds = time.perf_counter() - start
         return result
     return quantize_streaming(folder, scheme, out_dir, recipe, calibration, dtype, device=device,
-                              max_memory=max_memory, max_shard_bytes=max_shard_bytes, source_ref=str(model_ref),
+                              max_memory=max_memory, max_shard_bytes=max_shard_bytes, forward_dtype=forward_dtype,
+                              source_ref=str(model_ref),
                               on_start=on_start, on_layer=on_layer)
 
 

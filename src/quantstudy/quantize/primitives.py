@@ -13,6 +13,8 @@ import torch
 from quantstudy.numerics import half_range, int_range, qdq_elementwise
 from quantstudy.schemes import Strategy, WeightQuant
 
+CHUNK_ELEMENTS = 1 << 17   # weights per chunk of the MSE search (512 KiB of float32)
+
 
 def reduce_min_max(w: torch.Tensor, args: WeightQuant) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-scale minimum and maximum of a 2-D weight, in the scale's shape."""
@@ -102,8 +104,21 @@ def mse_clip_qparams(
     (p = 1) is always a candidate, so the result is never worse than abs-max."""
     out_shape = reduce_min_max(w, args)[0].shape
     wg = grouped_view(w.float(), args)
+    # Scales are searched independently, so rows of scales go through in chunks of about
+    # CHUNK_ELEMENTS weights: the same result, with temporaries that stay in cache and
+    # never need memory maps of their own.
+    rows = max(1, CHUNK_ELEMENTS // wg.shape[1])
+    found = [_mse_search(wg[r:r + rows], args, scale_dtype, grid, int(max_shrink * grid), norm, coarse_step)
+             for r in range(0, wg.shape[0], rows)]
+    scale = torch.cat([f[0] for f in found]).reshape(out_shape)
+    zp = None if found[0][1] is None else torch.cat([f[1] for f in found]).reshape(out_shape)
+    return scale, zp
+
+
+def _mse_search(wg: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype, grid: int, steps: int, norm: float,
+                coarse_step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The coarse-to-fine shrink search for rows of a grouped weight (one scale per row)."""
     min_vals, max_vals = wg.amin(dim=1), wg.amax(dim=1)
-    steps = int(max_shrink * grid)
 
     def error(p: torch.Tensor):
         scale, zp = compute_qparams(min_vals * p, max_vals * p, args, scale_dtype)
@@ -129,4 +144,4 @@ def mse_clip_qparams(
     for offset in range(-(coarse_step - 1), coarse_step):
         if offset:
             consider((center + offset).clamp(0, steps - 1))
-    return best_scale.reshape(out_shape), None if best_zp is None else best_zp.reshape(out_shape)
+    return best_scale, best_zp

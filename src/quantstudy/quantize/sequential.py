@@ -29,7 +29,7 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.models.families import Family, family_for
 from quantstudy.numerics import QuantizedWeight
 from quantstudy.quantize.activations import Activations, LayerBatches
-from quantstudy.quantize.layerwise import LayerWork, fold_mapping, has_module
+from quantstudy.quantize.layerwise import LayerWork, fold_mapping, forward_precision, has_module
 from quantstudy.quantize.model import LayerReport, is_ignored
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
@@ -149,7 +149,7 @@ class _Recorder(nn.Module):
 
 
 def capture_inputs(model, layers: nn.ModuleList, calib_ids: torch.Tensor, batch_size: int,
-                   acts: Activations, device=None) -> list[list[dict]]:
+                   acts: Activations, device=None, gemm_dtype: torch.dtype | None = None) -> list[list[dict]]:
     """Run the model up to its decoder layers batch by batch: layer 0's hidden states go into
     `acts`; every layer's keyword arguments per batch are returned (their tensors are shared
     between layers that receive the same ones)."""
@@ -163,7 +163,8 @@ def capture_inputs(model, layers: nn.ModuleList, calib_ids: torch.Tensor, batch_
             sink.clear()
             batch = calib_ids[start:start + batch_size]
             try:
-                model(batch if device is None else batch.to(device), use_cache=False)
+                with forward_precision(gemm_dtype, device or "cpu"):
+                    model(batch if device is None else batch.to(device), use_cache=False)
             except _Stop:
                 pass
             for index, hidden, kw in sink:
@@ -182,10 +183,12 @@ def capture_inputs(model, layers: nn.ModuleList, calib_ids: torch.Tensor, batch_
 def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe: Recipe, calib_ids: torch.Tensor,
          scale_dtype: torch.dtype, batch_size: int = 8, device=None, max_memory: int | None = None,
          on_layer: Callable[[str], None] | None = None,
-         after_capture: Callable[[], None] | None = None) -> list[LayerReport]:
+         after_capture: Callable[[], None] | None = None,
+         gemm_dtype: torch.dtype | None = None) -> list[LayerReport]:
     """Calibrate and quantize every decoder layer in turn; returns per-linear reports. The
     layers' float weights are changed on the way (smoothing folded in, quantized linears
-    dequantized) and each layer's final tensors go to `sink`."""
+    dequantized) and each layer's final tensors go to `sink`. `gemm_dtype`: the forwards'
+    GEMMs under autocast (bf16 on CPUs that multiply it natively), statistics stay float32."""
     recipe.check(scheme)
     family = family_of(model) if recipe.needs_mappings else None
     algorithm, config = recipe.handler, recipe.algorithm_config()
@@ -194,7 +197,7 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
     if family is not None:
         check_mappings(layers[0], family, f"{prefix}.0")
     hidden = Activations(max_memory, device or "cpu")
-    layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden, device)
+    layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden, device, gemm_dtype)
     if after_capture:
         after_capture()   # what only the capture needed (a streamed model's embedding) can go
     reports: list[LayerReport] = []
@@ -204,7 +207,7 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
         local = [n for n, m in layer.named_modules()
                  if isinstance(m, nn.Linear) and not is_ignored(f"{layer_prefix}.{n}", scheme.ignore)]
         batches = LayerBatches(hidden, layer_kwargs[index])
-        work = LayerWork(layer, batches, local, scheme, scale_dtype, layer_prefix, family)
+        work = LayerWork(layer, batches, local, scheme, scale_dtype, layer_prefix, family, gemm_dtype)
         if recipe.smoothquant is not None:
             smooth_layer(work, recipe.smoothquant)
         quantized = set()
@@ -216,9 +219,10 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
                 sink.add(f"{layer_prefix}.{name}", p.data)
         if index + 1 < len(layers):   # quantized outputs feed the next layer
             nxt = Activations(max_memory, device or "cpu")
-            for h, kw in batches:
-                out = layer(h, **kw)
-                nxt.append(out[0] if isinstance(out, tuple) else out)
+            with forward_precision(gemm_dtype, device or "cpu"):
+                for h, kw in batches:
+                    out = layer(h, **kw)
+                    nxt.append(out[0] if isinstance(out, tuple) else out)
             hidden.close()
             hidden = nxt
         weights.release(layer)
