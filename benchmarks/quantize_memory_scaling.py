@@ -10,7 +10,7 @@
 Each quantization runs in a fresh process; peak RSS is that process's VmHWM.
 
     .venv/bin/python benchmarks/quantize_memory_scaling.py [--width 1024] [--depths 8,32] [--eight-b]
-        [--workdir DIR]   # default: a temporary folder, removed afterwards
+        [--workdir DIR]   # default: a temporary folder, removed afterwards; a kept one's 8B model is reused
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     try:
         rows = []
         w = args.width
-        for depth in [int(d) for d in args.depths.split(",")]:
+        for depth in [int(d) for d in args.depths.split(",") if d]:
             config = {"hidden_size": w, "intermediate_size": 11 * w // 4, "num_hidden_layers": depth,
                       "num_attention_heads": w // 64, "num_key_value_heads": w // 256, "vocab_size": 49152,
                       "max_position_embeddings": 2048, "tie_word_embeddings": False}
@@ -122,8 +122,11 @@ def main() -> None:
         if args.eight_b:
             folder = work / "llama-3.1-8b-random"
             t0 = time.perf_counter()
-            gb = write_random_model(folder, {**KNOWN_CONFIGS["llama-3.1-8b"], "rope_theta": 500000.0})
-            print(f"wrote a Llama-3.1-8B-shaped model with random weights: {gb:.1f} GB bf16 in "
+            if (folder / "model.safetensors.index.json").is_file():   # a finished one, from an earlier --workdir run
+                gb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e9
+            else:
+                gb = write_random_model(folder, {**KNOWN_CONFIGS["llama-3.1-8b"], "rope_theta": 500000.0})
+            print(f"a Llama-3.1-8B-shaped model with random weights: {gb:.1f} GB bf16, written in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             r = run_child(folder, "rtn", 128, work / "out-8b")
             print(f"Llama-3.1-8B shape, RTN W4A16 g128 from files: {r['seconds']:.0f} s, peak RSS "

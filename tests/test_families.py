@@ -143,3 +143,33 @@ def test_an_architecture_without_a_table_is_a_one_line_error():
         quantize_sequential(model, get_scheme("w8a8-int8"), Recipe("gptq", smoothquant=0.8), ids(4), torch.bfloat16)
     with pytest.raises(QuantstudyError, match="no norm/linear mappings"):
         smooth_model(model, ids(4), alpha=0.5)
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_smoothquant_statistics_stop_the_layer_after_its_last_norm(arch):
+    """SmoothQuant reads only the mapped norms' outputs: a batch stops once they have run, so
+    the MLP's down projection never runs, and what the norms saw is what a full pass sees."""
+    from quantstudy.quantize.activations import Activations, LayerBatches
+    from quantstudy.quantize.layerwise import collect
+    from quantstudy.quantize.sequential import capture_inputs
+
+    model = tiny(arch)
+    family = family_of(model)
+    layers = decoder_layers(model)
+    hidden = Activations()
+    kwargs = capture_inputs(model, layers, ids(8), 4, hidden)
+    layer, names = layers[0], [m.prev for m in family.norm_mappings]
+    down = layer.mlp.down_proj   # the MLP's last linear, in every family here
+    calls = []
+    handle = down.register_forward_hook(lambda *_: calls.append(1))
+    seen = {True: [], False: []}
+    with torch.no_grad():
+        for early in (True, False):
+            collect(layer, LayerBatches(hidden, kwargs[0]), names, lambda n, x, e=early: seen[e].append((n, x.clone())),
+                    outputs=True, stop_early=early)
+            if early:
+                assert calls == []
+    handle.remove()
+    assert len(calls) == 2   # the full pass: two batches
+    assert [n for n, _ in seen[True]] == [n for n, _ in seen[False]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(seen[True], seen[False]))

@@ -106,7 +106,12 @@ def test_streamed_checkpoint_equals_the_in_memory_one(source, tmp_path, scheme, 
         assert torch.equal(a[k], b[k]), k
     ra = json.loads((tmp_path / "memory" / "quantstudy.json").read_text())["layers"]
     rb = json.loads((tmp_path / "stream" / "quantstudy.json").read_text())["layers"]
-    assert ra == rb
+    # the same tensors; the float32 sums of squares behind the reports may add in another
+    # order where the two copies sit at different alignments (SIMD peeling), hence 1e-6
+    assert [(r["name"], r["shape"]) for r in ra] == [(r["name"], r["shape"]) for r in rb]
+    for x, y in zip(ra, rb):
+        assert x["sqnr_db"] == pytest.approx(y["sqnr_db"], rel=1e-6)
+        assert x["signal_energy"] == pytest.approx(y["signal_energy"], rel=1e-6)
 
 
 def test_several_shards_load_as_one(source, tmp_path):

@@ -21,6 +21,7 @@ group (out, in / group), block (ceil(out / rows), ceil(in / cols)). How a scale 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -160,11 +161,27 @@ def quantize_activations(x: torch.Tensor, args: ActivationQuant) -> torch.Tensor
     return (q * scale).reshape(orig_shape).to(orig_dtype)
 
 
+def sum_squares(x: torch.Tensor, minus: torch.Tensor | None = None, chunk: int = 1 << 20) -> float:
+    """sum((x - minus)^2): float32 (or the inputs' wider dtype) within chunks of `chunk`
+    elements, the chunks' sums added in float64. Whole-tensor float64 copies cost 6-9 s and
+    1.4 GB per 8B-model MLP weight (58M elements); this takes under a second in constant
+    extra memory, with a relative error near 1e-7 -- far below what a dB figure shows."""
+    dtype = torch.promote_types(torch.promote_types(x.dtype, torch.float32),
+                                torch.float32 if minus is None else minus.dtype)
+    xf = x.reshape(-1)
+    mf = None if minus is None else minus.reshape(-1)
+    total = 0.0
+    for i in range(0, xf.numel(), chunk):
+        d = xf[i:i + chunk].to(dtype)
+        if mf is not None:
+            d = d - mf[i:i + chunk].to(dtype)
+        total += torch.dot(d, d).item()
+    return total
+
+
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB (infinite when exact)."""
-    ref = reference.double()
-    noise = (ref - approx.double()).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
+    noise = sum_squares(reference, approx)
     if noise == 0:
         return float("inf")
-    return 10.0 * torch.log10(torch.tensor(signal / noise)).item()
+    return 10.0 * math.log10(sum_squares(reference) / noise)

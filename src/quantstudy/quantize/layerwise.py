@@ -30,21 +30,34 @@ def forward_precision(gemm_dtype: torch.dtype | None, device: torch.device | str
     return torch.autocast(torch.device(device).type, dtype=gemm_dtype)
 
 
+class _SeenAll(Exception):
+    pass
+
+
 def collect(layer, batches: Batches, names: list[str], fn: Callable[[str, torch.Tensor], None],
-            outputs: bool = False, gemm_dtype: torch.dtype | None = None) -> None:
+            outputs: bool = False, gemm_dtype: torch.dtype | None = None, stop_early: bool = False) -> None:
     """Run the layer with hooks calling fn(name, input-or-output activations). The hooks run
-    outside any autocast: statistics (Hessians, Gram matrices) are float32 products."""
-    handles = []
+    outside any autocast: statistics (Hessians, Gram matrices) are float32 products. With
+    `stop_early` a batch stops once every watched module has run in it: SmoothQuant watches
+    the two norms, so the MLP after the second never needs computing."""
+    handles, seen = [], set()
     device = next(layer.parameters()).device
     for name in names:
         def hook(_m, inp, out, _name=name):
             with torch.autocast(device.type, enabled=False):
                 fn(_name, (out if outputs else inp[0]).detach())
+            seen.add(_name)
+            if stop_early and len(seen) == len(names):
+                raise _SeenAll
         handles.append(layer.get_submodule(name).register_forward_hook(hook))
     try:
         with forward_precision(gemm_dtype, device):
             for hidden, kwargs in batches:
-                layer(hidden, **kwargs)
+                seen.clear()
+                try:
+                    layer(hidden, **kwargs)
+                except _SeenAll:
+                    pass
     finally:
         for h in handles:
             h.remove()
@@ -98,8 +111,9 @@ class LayerWork:
     family: Family | None          # norm/linear mappings, where the recipe needs them
     gemm_dtype: torch.dtype | None = None   # forwards' GEMM dtype under autocast (None: the weights')
 
-    def collect(self, names: list[str], fn: Callable[[str, torch.Tensor], None], outputs: bool = False) -> None:
-        collect(self.layer, self.batches, names, fn, outputs, self.gemm_dtype)
+    def collect(self, names: list[str], fn: Callable[[str, torch.Tensor], None], outputs: bool = False,
+                stop_early: bool = False) -> None:
+        collect(self.layer, self.batches, names, fn, outputs, self.gemm_dtype, stop_early)
 
     def module(self, name: str) -> nn.Module:
         return self.layer.get_submodule(name)

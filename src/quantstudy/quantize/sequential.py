@@ -74,7 +74,7 @@ def smooth_layer(work: LayerWork, alpha: float) -> None:
         m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
         absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
 
-    work.collect([m.prev for m in norms], record, outputs=True)
+    work.collect([m.prev for m in norms], record, outputs=True, stop_early=True)
     for m in norms:
         weights = [work.module(t).weight.data for t in m.targets]
         fold_mapping(work.layer, m, list(m.targets), smoothing_scales(absmax[m.prev], weights, alpha), work.family)
