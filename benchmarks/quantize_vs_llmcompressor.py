@@ -45,8 +45,12 @@ def ensure_peer_env() -> Path:
 
 def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int, out: str,
              forward_dtype: str = "auto") -> dict:
-    """Child process: quantize with quantstudy, print seconds and peak RSS."""
+    """Child process: quantize with quantstudy, print seconds and peak RSS. Set up as the
+    `quantstudy quantize` process is (scikit-learn kept out: the peer's environment has none)."""
     start = time.perf_counter()
+    from quantstudy.quantize.process import without_sklearn
+
+    without_sklearn()
     from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.quantize.pipeline import quantize_checkpoint
     from quantstudy.quantize.recipes import Recipe

@@ -180,3 +180,17 @@ def test_bf16_forwards_change_little_and_are_recorded(source, tmp_path):
     assert records == ["float32", "bfloat16"]
     with pytest.raises(QuantstudyError, match="forward dtype 'fp16'"):
         quantize_streaming(source, scheme, tmp_path / "bad", Recipe("gptq"), CALIB, device="cpu", forward_dtype="fp16")
+
+
+def test_a_quantize_process_keeps_scikit_learn_out():
+    """transformers imports sklearn.metrics (with SciPy, ~145 MiB) whenever it is installed;
+    `quantstudy quantize` marks it absent first, and the model classes still import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from quantstudy.quantize.process import without_sklearn; without_sklearn(); "
+            "from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            "from quantstudy.quantize.pipeline import quantize_checkpoint; "
+            "print(sys.modules.get('sklearn', 'absent'), 'scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-2:] == ["None", "False"]

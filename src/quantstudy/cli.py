@@ -434,8 +434,14 @@ def report(
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    if sys.argv[1:2] == ["quantize"]:
+        # a process that only quantizes: keep scikit-learn (145 MiB) out of transformers'
+        # imports. Here and not in the command, so an in-process caller keeps its sklearn.
+        from quantstudy.quantize.process import without_sklearn
+
+        without_sklearn()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -34,6 +34,7 @@ from quantstudy.models.references import torch_dtype
 from quantstudy.models.shards import ShardIndex
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.model import LayerReport, check_shapes, is_ignored
+from quantstudy.quantize.process import keep_memory_returnable
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.sequential import decoder_layers, layers_prefix, walk
@@ -86,25 +87,6 @@ def meta_model(folder: Path, dtype: torch.dtype):
     except OSError:
         generation = GenerationConfig.from_model_config(config)
     return model.eval(), generation
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
-
-
-def keep_memory_returnable(threshold: int = 1 << 20) -> None:
-    """Allocations past `threshold` bytes get their own memory maps, returned to the OS when
-    freed. glibc otherwise raises its mmap threshold after every large free (up to 32 MiB), so
-    a layer's tensors land on the heap, which does not shrink: resident memory grew by about a
-    layer per layer (SmolLM2 GPTQ: +25 MiB per layer, peak 1.58 GiB; with this: 0.85 GiB,
-    measured 2026-12-02). A no-op where the C library is not glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, threshold)
-    except (OSError, AttributeError):
-        pass
 
 
 class ShardWeights:
