@@ -140,3 +140,24 @@ def test_dequantize_broadcasts_group_index():
     g_idx = torch.arange(128) % 2
     w = dequantize(q, scale, None, args, g_idx)
     assert torch.equal(w[0, :4], torch.tensor([1.0, 2.0, 1.0, 2.0]))
+
+
+def test_sqnr_is_bit_identical_whatever_the_thread_count_or_alignment():
+    """The per-layer report is part of a checkpoint's fingerprint: a Ray worker (one thread)
+    and the driver (all cores) must compute the same bits, also from a view at an odd offset."""
+    from quantstudy.numerics import sqnr_db, sum_squares
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3 * (1 << 20) + 7, generator=g)
+    w, approx = base[1:], base[1:] + 1e-3 * torch.randn(base.numel() - 1, generator=g)   # odd offset
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (sqnr_db(w, approx), sum_squares(w))
+        torch.set_num_threads(max(2, threads))
+        many = (sqnr_db(w, approx), sum_squares(w))
+    finally:
+        torch.set_num_threads(threads)
+    assert one == many
+    assert one == (sqnr_db(w.clone(), approx.clone()), sum_squares(w.clone()))
+    assert sum_squares(w) == pytest.approx(w.double().pow(2).sum().item(), rel=1e-12)
