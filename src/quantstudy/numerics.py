@@ -187,7 +187,11 @@ _ROW = 1024
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB (infinite when exact)."""
-    noise = sum_squares(reference, approx)
+    return sqnr_from(sum_squares(reference), sum_squares(reference, approx))
+
+
+def sqnr_from(signal: float, noise: float) -> float:
+    """SQNR in dB from sums of squares already computed (infinite when exact)."""
     if noise == 0:
         return float("inf")
-    return 10.0 * math.log10(sum_squares(reference) / noise)
+    return 10.0 * math.log10(signal / noise)

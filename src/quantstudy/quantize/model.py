@@ -17,7 +17,7 @@ from torch import nn
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.inference.fake_quant import install_fake_quant
-from quantstudy.numerics import QuantizedWeight, sqnr_db, sum_squares
+from quantstudy.numerics import QuantizedWeight, sqnr_from, sum_squares
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.schemes import Scheme, Strategy
 
@@ -92,7 +92,8 @@ class LayerReport:
     @classmethod
     def measure(cls, name: str, w: torch.Tensor, qw: QuantizedWeight) -> "LayerReport":
         """Report how well `qw` reproduces the float weight `w`."""
-        return cls(name, tuple(w.shape), sqnr_db(w, qw.dequantize()), sum_squares(w))
+        signal = sum_squares(w)   # once: it is both the SQNR's numerator and the reported energy
+        return cls(name, tuple(w.shape), sqnr_from(signal, sum_squares(w, qw.dequantize())), signal)
 
 
 def aggregate_sqnr_db(layers: list[tuple[float, float]]) -> float:
