@@ -130,7 +130,7 @@ def quantize(
                                              "no budget."),
     forward_dtype: str = typer.Option("auto", help="GEMM dtype of the calibration forwards: auto (bfloat16 on "
                                       "a GPU, float32 on a CPU), float32, or bfloat16 (on a CPU: float32 weights, "
-                                      "bf16 GEMMs; ~20% faster where the CPU has AVX512-BF16 or AMX, slightly "
+                                      "bf16 GEMMs; ~11-14% faster where the CPU has AVX512-BF16 or AMX, slightly "
                                       "worse quality). Hessians are float32 either way."),
 ) -> None:
     """Quantize a model into a compressed-tensors checkpoint that vLLM and transformers load.

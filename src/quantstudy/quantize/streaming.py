@@ -12,7 +12,7 @@ Resident at any moment: one decoder layer, the calibration activations (spilled 
 are captured. Forwards run in bfloat16 on a GPU and in float32 on a CPU. `forward_dtype=
 "bfloat16"` on a CPU keeps the weights float32 and runs the forwards' GEMMs in bf16 under
 autocast: on CPUs that multiply bf16 natively (AVX512-BF16, AMX) GEMMs are ~4x faster and
-a GPTQ run ~20% shorter, at a cost in quality (SmolLM2 W4A16 g64 GPTQ held-out perplexity
+a GPTQ run ~11-14% shorter, at a cost in quality (SmolLM2 W4A16 g64 GPTQ held-out perplexity
 60.82 vs 60.13 in float32, 2026-12-02), so it is not the default. Hessians are float32
 products accumulated in float64; Cholesky factors and scale searches run in float32, on
 the same device.
