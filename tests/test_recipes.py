@@ -58,9 +58,11 @@ def test_recipe_validation():
 
 @pytest.fixture(scope="module")
 def ppl_of(smollm2, tmp_path_factory):
-    """Quantize with a recipe (16 x 256 instruct-mix tokens) and measure held-out perplexity."""
+    """Quantize with a recipe (16 x 256 instruct-mix tokens) and measure held-out perplexity
+    (32 windows of 256 tokens, wikitext and lambada: with 12 wikitext windows the W8A8 recipes'
+    ~1% differences were within the windows' own noise)."""
     model, tokenizer, source = smollm2
-    texts = heldout_texts("wikitext")
+    texts = heldout_texts("wikitext") + heldout_texts("lambada")
     root = tmp_path_factory.mktemp("recipes")
     cache = {}
 
@@ -72,10 +74,10 @@ def ppl_of(smollm2, tmp_path_factory):
             quantize_loaded(model, tokenizer, "smollm2-135m", source, scheme, folder, recipe,
                             CalibrationSpec("instruct-mix", 16, 256))
             qmodel = load_fake_quant_model(folder)[0]
-            cache[key] = (perplexity(qmodel, tokenizer, texts, seq_len=256, max_windows=12), folder)
+            cache[key] = (perplexity(qmodel, tokenizer, texts, seq_len=256, max_windows=32), folder)
         return cache[key]
 
-    run.base = perplexity(model, tokenizer, texts, seq_len=256, max_windows=12)
+    run.base = perplexity(model, tokenizer, texts, seq_len=256, max_windows=32)
     return run
 
 
@@ -98,8 +100,8 @@ def test_awq_beats_rtn_on_heldout_perplexity(ppl_of):
 @pytest.mark.slow
 def test_smoothquant_gptq_int8_recipe(ppl_of, smollm2):
     """The paper's W8A8-INT8 recipe beats plain RTN and stays within 3% of the float model
-    (measured 40.85 vs RTN 41.55 vs float 40.08), and the smoothing is folded into the
-    saved norms."""
+    (2026-12-02, 40 windows of the same texts: 53.65 vs RTN 54.37; two forwards per layer
+    53.51), and the smoothing is folded into the saved norms."""
     ppl, folder = ppl_of("w8a8-int8", Recipe("gptq", smoothquant=0.8))
     assert ppl < ppl_of("w8a8-int8", Recipe("rtn"))[0]
     assert ppl < ppl_of.base * 1.03
@@ -151,7 +153,7 @@ def test_gptq_hessians_are_the_inputs_own_xtx():
     fresh.load_state_dict(model.state_dict())
     gptq_handler.gptq_quantize = spy
     try:
-        sequential.quantize_sequential(fresh, get_scheme("w4a16", 32), Recipe(algorithm="gptq"), calib,
+        sequential.quantize_sequential(fresh, get_scheme("w4a16", 32), Recipe(algorithm="gptq", true_sequential=False), calib,
                                        torch.float32, batch_size=2)
     finally:
         gptq_handler.gptq_quantize = real

@@ -117,6 +117,11 @@ def quantize(
     dampening: float = typer.Option(0.01, help="GPTQ dampening, a fraction of the mean Hessian diagonal."),
     actorder: bool = typer.Option(True, help="GPTQ: visit columns by decreasing activation energy (static groups)."),
     mse_clip: bool = typer.Option(True, help="GPTQ: MSE-optimal clipping of scales instead of abs-max."),
+    true_sequential: bool = typer.Option(True, help="GPTQ: one forward per decoder layer on all calibration "
+                                         "samples at once, each linear calibrated on the quantized ones before it "
+                                         "(half the GEMMs; needs one layer's activations for every sample within "
+                                         "--max-memory, default 4 GiB). --no-true-sequential: llm-compressor's two "
+                                         "forwards per layer, batch by batch."),
     group_size: Optional[int] = typer.Option(None, help="Override the group size (or square block side). "
                                              "SmolLM2's width 576 needs 64 or 32 instead of 128."),
     dtype: str = typer.Option("bfloat16", help="dtype of scales and unquantized tensors: bfloat16, float16, float32."),
@@ -146,7 +151,8 @@ def quantize(
     chosen = get_scheme(scheme, group_size)
     if ignore is not None:
         chosen = chosen.with_ignore(tuple(p.strip() for p in ignore.split(",") if p.strip()))
-    recipe = Recipe(algorithm=algo, smoothquant=smoothquant, dampening=dampening, actorder=actorder, mse_clip=mse_clip)
+    recipe = Recipe(algorithm=algo, smoothquant=smoothquant, dampening=dampening, actorder=actorder, mse_clip=mse_clip,
+                    true_sequential=true_sequential)
     calib = CalibrationSpec(source=calibration, num_samples=num_samples, seq_len=seq_len, seed=seed)
     budget = parse_bytes(max_memory, "--max-memory") if max_memory is not None else None
     label = algo + (f" + smoothquant {smoothquant}" if smoothquant is not None else "")

@@ -109,14 +109,17 @@ def quantize_loaded(
         calib_ids = load_calibration(calibration, tokenizer)
         if on_start:
             on_start(len(decoder_layers(model)))
-        qweights, reports = quantize_sequential(model, scheme, recipe, calib_ids, store_dtype, on_layer=on_layer)
+        stats: dict = {}
+        qweights, reports = quantize_sequential(model, scheme, recipe, calib_ids, store_dtype, on_layer=on_layer,
+                                                stats=stats)
         calib_record = calibration.record()
     else:
         if on_start:
             on_start(len(quantizable_linears(model, scheme)))
         qweights, reports = quantize_model_weights(model, scheme, scale_dtype=store_dtype, progress=on_layer)
-        calib_record = None
+        calib_record, stats = None, {}
     record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": model_ref,
-              "source_path": str(source), "calibration": calib_record}
+              "source_path": str(source), "calibration": calib_record,
+              "calibration_forwards_per_layer": stats.get("forwards_per_layer")}
     save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, record, reports)
     return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)

@@ -27,6 +27,7 @@ class Algorithm:
     config: type = object
     needs_calibration: bool = True      # needs activations (a forward pass) to choose values
     needs_mappings: bool = False        # needs the family's norm/linear mappings (AWQ)
+    one_pass: bool = False              # implements quantize_group: one forward per layer (one_pass.py)
 
     def check(self, scheme: Scheme) -> None:
         """Refuse a scheme the algorithm cannot produce (before any work)."""
@@ -34,6 +35,11 @@ class Algorithm:
     def quantize_layer(self, work, config) -> dict[str, QuantizedWeight]:
         """Quantized values of `work.linears` (a `layerwise.LayerWork`); may change the layer's
         float weights (scales folded in), never its function."""
+        raise NotImplementedError
+
+    def quantize_group(self, work, names: list[str], hessian, config) -> dict[str, QuantizedWeight]:
+        """Quantized values of linears `names`, which all read one input whose 2/N X^T X over
+        every calibration token is `hessian`; only for algorithms with `one_pass` set."""
         raise NotImplementedError
 
 
@@ -73,6 +79,10 @@ class Recipe:
     actorder: bool = True
     mse_clip: bool = True
     block_size: int = 128
+    # One forward per decoder layer, each linear calibrated on the quantized linears before it
+    # in the layer (quantize/one_pass.py), where the algorithm can and the activations fit;
+    # False: llm-compressor's two forwards (the float layer for statistics, then the quantized one).
+    true_sequential: bool = True
 
     def __post_init__(self) -> None:
         get_algorithm(self.algorithm)

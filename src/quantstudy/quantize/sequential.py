@@ -31,6 +31,7 @@ from quantstudy.numerics import QuantizedWeight
 from quantstudy.quantize.activations import Activations, LayerBatches
 from quantstudy.quantize.layerwise import LayerWork, fold_mapping, forward_precision, has_module
 from quantstudy.quantize.model import LayerReport, is_ignored
+from quantstudy.quantize.one_pass import DEFAULT_BUDGET, input_groups, live_bytes, run_layer
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.smoothquant import smoothing_scales
@@ -179,16 +180,32 @@ def capture_inputs(model, layers: nn.ModuleList, calib_ids: torch.Tensor, batch_
 
 # ---- the walk ----------------------------------------------------------------------------------
 
+def one_pass_applies(algorithm, recipe: Recipe, layers: nn.ModuleList, hidden: Activations,
+                     max_memory: int | None) -> bool:
+    """Whether the true-sequential walk (one forward per layer) runs: asked for, an algorithm
+    that solves per input group, activations in memory, and what every batch holds at once at
+    a stop point within the budget. Otherwise the batch-by-batch two-forward walk."""
+    if not (recipe.true_sequential and algorithm.one_pass) or hidden.spilled or len(hidden) == 0:
+        return False
+    tokens, first = 0, None
+    for h in hidden:
+        tokens += h.shape[0] * h.shape[1]
+        first = h if first is None else first
+    widest = max(max(m.weight.shape) for m in layers[0].modules() if isinstance(m, nn.Linear))
+    return live_bytes(tokens, first.shape[-1], widest, first.element_size()) <= (max_memory or DEFAULT_BUDGET)
+
+
 @torch.no_grad()
 def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe: Recipe, calib_ids: torch.Tensor,
          scale_dtype: torch.dtype, batch_size: int = 8, device=None, max_memory: int | None = None,
          on_layer: Callable[[str], None] | None = None,
          after_capture: Callable[[], None] | None = None,
-         gemm_dtype: torch.dtype | None = None) -> list[LayerReport]:
+         gemm_dtype: torch.dtype | None = None, stats: dict | None = None) -> list[LayerReport]:
     """Calibrate and quantize every decoder layer in turn; returns per-linear reports. The
     layers' float weights are changed on the way (smoothing folded in, quantized linears
     dequantized) and each layer's final tensors go to `sink`. `gemm_dtype`: the forwards'
-    GEMMs under autocast (bf16 on CPUs that multiply it natively), statistics stay float32."""
+    GEMMs under autocast (bf16 on CPUs that multiply it natively), statistics stay float32.
+    `stats` receives how it went: forwards_per_layer (1: the true-sequential walk, 2: batch by batch)."""
     recipe.check(scheme)
     family = family_of(model) if recipe.needs_mappings else None
     algorithm, config = recipe.handler, recipe.algorithm_config()
@@ -200,6 +217,9 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
     layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden, device, gemm_dtype)
     if after_capture:
         after_capture()   # what only the capture needed (a streamed model's embedding) can go
+    one_pass = one_pass_applies(algorithm, recipe, layers, hidden, max_memory)
+    if stats is not None:
+        stats["forwards_per_layer"] = 1 if one_pass else 2
     reports: list[LayerReport] = []
     for index, layer in enumerate(layers):
         layer_prefix = f"{prefix}.{index}"
@@ -208,16 +228,34 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
                  if isinstance(m, nn.Linear) and not is_ignored(f"{layer_prefix}.{n}", scheme.ignore)]
         batches = LayerBatches(hidden, layer_kwargs[index])
         work = LayerWork(layer, batches, local, scheme, scale_dtype, layer_prefix, family, gemm_dtype)
-        if recipe.smoothquant is not None:
-            smooth_layer(work, recipe.smoothquant)
         quantized = set()
-        for n, qw in algorithm.quantize_layer(work, config).items():
+
+        def put(n: str, qw: QuantizedWeight) -> None:
             commit(layer.get_submodule(n), f"{layer_prefix}.{n}", qw, sink, reports)
             quantized.add(n)
+
+        if one_pass:   # one forward: quantized group by group on the way through
+            runs = list(batches)
+            groups = input_groups(layer, runs[0][0], runs[0][1], local, gemm_dtype)
+            outs = run_layer(work, runs, groups, lambda w, names, h: algorithm.quantize_group(w, names, h, config),
+                             put, recipe.smoothquant)
+            del runs
+        else:
+            if recipe.smoothquant is not None:
+                smooth_layer(work, recipe.smoothquant)
+            for n, qw in algorithm.quantize_layer(work, config).items():
+                put(n, qw)
         for name, p in layer.named_parameters():   # norms, as smoothed; the quantized linears went above
             if name.rpartition(".")[0] not in quantized:
                 sink.add(f"{layer_prefix}.{name}", p.data)
-        if index + 1 < len(layers):   # quantized outputs feed the next layer
+        if one_pass:   # the pass's outputs are the quantized layer's: they feed the next layer
+            nxt = Activations(max_memory, device or "cpu")
+            for out in outs:
+                nxt.append(out)
+            del outs
+            hidden.close()
+            hidden = nxt
+        elif index + 1 < len(layers):   # quantized outputs feed the next layer
             nxt = Activations(max_memory, device or "cpu")
             with forward_precision(gemm_dtype, device or "cpu"):
                 for h, kw in batches:
@@ -241,13 +279,14 @@ def quantize_sequential(
     scale_dtype: torch.dtype,
     batch_size: int = 8,
     on_layer: Callable[[str], None] | None = None,
+    stats: dict | None = None,
 ) -> tuple[dict[str, QuantizedWeight], list[LayerReport]]:
     """The walk over a model in memory. Modifies `model` in place: smoothing is folded in and
     each quantized linear holds its dequantized weight afterwards. Per-layer SQNR is measured
     against the weight the algorithm received (after any smoothing / AWQ scaling)."""
     keep = KeepQuantized()
     reports = walk(model, ResidentWeights(), keep, scheme, recipe, calib_ids, scale_dtype, batch_size,
-                   on_layer=on_layer)
+                   on_layer=on_layer, stats=stats)
     prefix = layers_prefix(model, decoder_layers(model))
     # targeted linears outside the decoder layers (e.g. lm_head when not ignored): RTN
     for name, module in model.named_modules():

@@ -162,11 +162,12 @@ def quantize_streaming(
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     output = CheckpointOutput(out_dir, scheme, store_dtype, max_shard_bytes)
     sink = ShardSink(output)
+    stats: dict = {}
     try:
         if recipe.needs_calibration:
             calib_ids = load_calibration(calibration, tokenizer)
             reports = _calibrated(model, weights_factory(shards, compute_dtype, dev), sink, scheme, recipe, calib_ids,
-                                  store_dtype, dev, max_memory, batch_size, on_start, on_layer, gemm_dtype)
+                                  store_dtype, dev, max_memory, batch_size, on_start, on_layer, gemm_dtype, stats)
         else:
             reports = []
             if on_start:
@@ -190,7 +191,8 @@ def quantize_streaming(
         record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": source_ref or str(source),
                   "source_path": str(source), "calibration": calibration.record() if recipe.needs_calibration else None,
                   "forward_gemm_dtype": (str(gemm_dtype or compute_dtype).removeprefix("torch.")
-                                         if recipe.needs_calibration else None)}
+                                         if recipe.needs_calibration else None),
+                  "calibration_forwards_per_layer": stats.get("forwards_per_layer")}
         output.finish(model.config, generation, tokenizer, record, reports)
     except BaseException:
         output.abort()
@@ -201,7 +203,7 @@ def quantize_streaming(
 
 
 def _calibrated(model, weights: ShardWeights, sink, scheme, recipe, calib_ids, store_dtype, dev, max_memory,
-                batch_size, on_start, on_layer, gemm_dtype) -> list[LayerReport]:
+                batch_size, on_start, on_layer, gemm_dtype, stats) -> list[LayerReport]:
     """The walk over the decoder layers, the embedding (and whatever else lies before the first
     layer) resident only while the first layer's inputs are captured."""
     layers = decoder_layers(model)
@@ -223,4 +225,5 @@ def _calibrated(model, weights: ShardWeights, sink, scheme, recipe, calib_ids, s
             set_module_tensor_to_device(model, name, "meta")
 
     return walk(model, weights, sink, scheme, recipe, calib_ids, store_dtype, batch_size, device=dev,
-                max_memory=max_memory, on_layer=on_layer, after_capture=capture_done, gemm_dtype=gemm_dtype)
+                max_memory=max_memory, on_layer=on_layer, after_capture=capture_done, gemm_dtype=gemm_dtype,
+                stats=stats)

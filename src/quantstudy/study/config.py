@@ -42,6 +42,7 @@ class VariantConfig:
     dampening: float = 0.01
     actorder: bool = True
     mse_clip: bool = True
+    true_sequential: bool = True
     ignore: tuple[str, ...] | None = None      # None: the scheme's default (lm_head)
 
 

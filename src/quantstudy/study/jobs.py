@@ -79,7 +79,7 @@ def resolve_variant(v, model_config: dict):
     if v.ignore is not None:
         scheme = scheme.with_ignore(v.ignore)
     recipe = Recipe(algorithm=v.algorithm, smoothquant=v.smoothquant, dampening=v.dampening,
-                    actorder=v.actorder, mse_clip=v.mse_clip)
+                    actorder=v.actorder, mse_clip=v.mse_clip, true_sequential=v.true_sequential)
     recipe.check(scheme)
     return scheme, recipe
 

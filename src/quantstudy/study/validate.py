@@ -169,7 +169,7 @@ class Checker:
         value = self.num(v, p)
         return value if value < 1 else self.fail(p, f"must be in (0, 1), got {show(v)}")
 
-    _VariantConfig_actorder = _VariantConfig_mse_clip = bool_
+    _VariantConfig_actorder = _VariantConfig_mse_clip = _VariantConfig_true_sequential = bool_
 
     def _VariantConfig_ignore(self, v, p):
         return None if v is None else self.strs(v, p, allow_empty=True)

@@ -30,6 +30,7 @@ class GPTQConfig:
 class GPTQ(Algorithm):
     name = "gptq"
     config = GPTQConfig
+    one_pass = True
 
     def quantize_layer(self, work, config: GPTQConfig):
         scheme = work.scheme
@@ -56,10 +57,23 @@ class GPTQ(Algorithm):
         work.collect(work.linears, record)
         out = {}
         for owner, names in members.items():
-            weights = [work.module(n).weight.data for n in names]
-            stacked = gptq_quantize(torch.cat(weights), hessians[owner][0], scheme.weights, work.scale_dtype,
-                                    block_size=config.block_size, dampening=config.dampening,
-                                    actorder=config.actorder, mse_clip=config.mse_clip,
-                                    layer=f"{work.prefix}.{owner}")
-            out.update(zip(names, stacked.split_rows([w.shape[0] for w in weights])))
+            out.update(self._solve(work, names, hessians[owner][0], config))
         return out
+
+    def quantize_group(self, work, names: list[str], h: torch.Tensor, config: GPTQConfig):
+        """The one-pass walk's entry: linears `names` share an input whose H = 2/N X^T X is `h`."""
+        if work.scheme.weights.strategy is Strategy.TENSOR:   # a tensor-wise scale couples stacked rows
+            out = {}
+            for name in names:
+                out.update(self._solve(work, [name], h, config))
+            return out
+        return self._solve(work, names, h, config)
+
+    @staticmethod
+    def _solve(work, names: list[str], hessian: torch.Tensor, config: GPTQConfig):
+        weights = [work.module(n).weight.data for n in names]
+        stacked = gptq_quantize(torch.cat(weights), hessian, work.scheme.weights, work.scale_dtype,
+                                block_size=config.block_size, dampening=config.dampening,
+                                actorder=config.actorder, mse_clip=config.mse_clip,
+                                layer=f"{work.prefix}.{names[0]}")
+        return dict(zip(names, stacked.split_rows([w.shape[0] for w in weights])))
