@@ -1,3 +1,3 @@
 """quantstudy: accuracy-performance trade-offs of LLM quantization, as a tool."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

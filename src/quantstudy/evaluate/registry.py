@@ -111,7 +111,7 @@ def _ruler() -> TaskSpec:
     return TaskSpec("ruler", ruler.VERSION, load, lambda item: item["id"], run)
 
 
-def _windows(ctx: EvalContext):
+def heldout_window_items(ctx: EvalContext):
     from quantstudy.data.windows import heldout_windows
 
     windows = heldout_windows(ctx.tokenizer, ctx.ppl_seq_len)
@@ -131,7 +131,7 @@ def _ppl() -> TaskSpec:
     def run(engine, items, ctx):
         results = perplexity_items(engine, _stack(items), ctx.batch_size)
         return [_renamed(r, i) for r, (i, _) in zip(results, items)]
-    return TaskSpec("ppl", "wikitext-heldout-v1", _windows, lambda item: item[0], run, metric="perplexity")
+    return TaskSpec("ppl", "wikitext-heldout-v1", heldout_window_items, lambda item: item[0], run, metric="perplexity")
 
 
 def _kl() -> TaskSpec:
@@ -140,7 +140,7 @@ def _kl() -> TaskSpec:
     def run(engine, items, ctx):
         results = kl_items(ctx.baseline_engine, engine, _stack(items), ctx.batch_size)
         return [_renamed(r, i) for r, (i, _) in zip(results, items)]
-    return TaskSpec("kl", "wikitext-heldout-v1", _windows, lambda item: item[0], run, metric="divergence",
+    return TaskSpec("kl", "wikitext-heldout-v1", heldout_window_items, lambda item: item[0], run, metric="divergence",
                     needs_baseline=True)
 
 

@@ -20,8 +20,10 @@ def evaluation_table(report: dict) -> tuple[Table, list[str]]:
                          ("verdict", "left")):
         table.add_column(col, justify=justify)
     notes: list[str] = []
+    engines = report.get("primary", {})
     for task, entry in report["tasks"].items():
-        for name, cmp in entry["variants"].items():
+        for variant, cmp in entry["variants"].items():
+            name = variant + (" (vLLM)" if engines.get(variant, "").endswith("@vllm") else "")
             if entry["metric"] == "accuracy":
                 flips = f"{cmp['flips_right_to_wrong']}/{cmp['flips_wrong_to_right']}"
                 table.add_row(task, str(cmp["n"]), name, _pct(cmp["baseline_mean"]), _pct(cmp["variant_mean"]),
@@ -37,3 +39,34 @@ def evaluation_table(report: dict) -> tuple[Table, list[str]]:
         table.add_row("[bold]average[/]", "", name, _pct(agg["baseline_mean"]), _pct(agg["variant_mean"]),
                       _pct(agg["recovery"]) + _ci(agg["recovery_ci"]), "", agg.get("verdict", ""))
     return table, notes
+
+
+def _gap(task: dict) -> str:
+    lo, hi = task["difference_ci"]
+    return f"{100 * task['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] flips {100 * task['flip_rate']:.0f}%"
+
+
+def _fid(f: dict | None, part: str) -> str:
+    if not f or not f.get(part):
+        return "–"
+    p = f[part]
+    return f"KL {p['kl']['mean']:.4f} · top-1 {100 * p['top1']['mean']:.1f}% · ΔNLL {p['dnll']['mean']:+.3f}"
+
+
+def served_table(report: dict) -> Table:
+    """What the engine adds: served minus in-process accuracy per task (points, paired 95% CI,
+    flip rate), and per-position fidelity on prompts (prefill) and generated text (decode)."""
+    served = report["served"]
+    table = Table(title="Served (vLLM) vs in process: accuracy points served − emulated [95% CI], and fidelity "
+                        "(KL is a top-k lower bound)")
+    for col in ("comparison", "task gaps", "prefill", "decode"):
+        table.add_column(col)
+    rows = [(f"noise floor: BF16 served vs in process", served["noise_floor"].get("engine")),
+            ("noise floor: BF16 served, batched vs one at a time", served["noise_floor"].get("batching"))]
+    rows += [(f"{name}: served vs emulated", entry) for name, entry in served["served_vs_emulated"].items()]
+    for label, entry in rows:
+        if entry is None:
+            continue
+        gaps = "; ".join(f"{t} {_gap(g)}" for t, g in entry["tasks"].items()) or "–"
+        table.add_row(label, gaps, _fid(entry.get("fidelity"), "prefill"), _fid(entry.get("fidelity"), "decode"))
+    return table

@@ -33,6 +33,7 @@ class TaskEntry:
     variants: dict[str, TaskComparison | PerplexityComparison | DivergenceSummary]
     n: int | None = None
     baseline: float | None = None
+    baselines: dict[str, float | None] = field(default_factory=dict)   # per engine where several ran
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,17 @@ class EvaluationReport:
     average: dict[str, AggregateComparison] = field(default_factory=dict)
     models: dict = field(default_factory=dict)      # name -> {ref, key (its store identity), scheme}
     settings: dict = field(default_factory=dict)
+    engines: dict = field(default_factory=dict)     # run ("name@vllm", "name@hf") -> what ran it
+    primary: dict = field(default_factory=dict)     # variant -> the run its comparison uses
+    served: dict = field(default_factory=dict)      # served vs emulated, noise floor (served_runs.report)
+
+    def engine_of(self, variant: str) -> str:
+        """'vllm' or 'hf': the engine behind a variant's comparison."""
+        return self.primary.get(variant, f"{variant}@hf").split("@")[1]
+
+    def floor(self, task: str) -> float | None:
+        """The served engine's noise floor on a task (|accuracy difference| without quantization)."""
+        return (self.served.get("floor") or {}).get(task)
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -99,3 +111,32 @@ def compare(results: dict[str, dict[str, list]], variants: list[str], seed: int 
     average = {name: stats.compare_aggregate(pairs, seed=seed)
                for name, pairs in accuracy_pairs.items() if len(pairs) >= 1}
     return to_json(EvaluationReport(tasks, average))
+
+
+def compare_engines(results: dict[str, dict[str, list]], primary: dict[str, str], seed: int = 0) -> dict:
+    """`compare` per engine: each variant against the baseline run on its own engine
+    (results keyed 'name@engine'; `primary` maps a variant to its run), merged into one
+    report whose tasks keep every engine's baseline score."""
+    by_engine: dict[str, list[str]] = {}
+    for variant, run in primary.items():
+        by_engine.setdefault(run.split("@")[1], []).append(variant)
+    if not by_engine:
+        engine = "vllm" if "baseline@vllm" in results else "hf"
+        by_engine = {engine: []}
+    merged: dict | None = None
+    for engine in sorted(by_engine, key=lambda e: e != "vllm"):   # served first: its baseline heads the table
+        variants = by_engine[engine]
+        part = compare({"baseline": results[f"baseline@{engine}"], **{v: results[primary[v]] for v in variants}},
+                       variants, seed=seed)
+        for entry in part["tasks"].values():
+            entry["baselines"] = {engine: entry["baseline"]}
+        if merged is None:
+            merged = part
+            continue
+        for task, entry in part["tasks"].items():
+            into = merged["tasks"].setdefault(task, entry)
+            if into is not entry:
+                into["variants"].update(entry["variants"])
+                into["baselines"][engine] = entry["baseline"]
+        merged["average"].update(part["average"])
+    return merged

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from quantstudy.inference.hf_packing import Segment, batch_layout, build_clusters, build_rows, first_fit
-from quantstudy.inference.requests import GenerateRequest, Generation, Loglik, LoglikRequest
+from quantstudy.inference.lmeval_tokens import LmEvalTokens
+from quantstudy.inference.requests import GenerateRequest, Generation, Loglik, LoglikRequest, WindowScores
 
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit" marker
 _DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
@@ -60,6 +61,17 @@ def teacher_forced_logprobs(model, windows: torch.Tensor, batch_size: int = 8, d
             yield F.log_softmax(model(batch if device is None else batch.to(device)).logits[:, :-1].float(), dim=-1)
 
 
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token from softmax(logits / temperature), restricted to the smallest set of most
+    likely tokens whose mass reaches `top_p` (nucleus sampling)."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p   # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 class HFEngine:
     """Scores lm-eval style requests on any Hugging Face causal LM (float, fake-quant, ...).
 
@@ -77,11 +89,11 @@ class HFEngine:
         self.progress = progress
         self.device = next(model.parameters()).device
         self.dtype = getattr(model, "dtype", torch.float32)  # of the attention masks we build
-        # HFLM: prefix = BOS if the tokenizer has one, else EOS; EOT = EOS.
-        bos = tokenizer.bos_token_id
-        self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
-        self.eot_token_id = tokenizer.eos_token_id
-        self._prefix_text = tokenizer.decode(self.prefix_token_id)
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.tokens = LmEvalTokens(tokenizer, tuple(gen_eos if isinstance(gen_eos, (list, tuple))
+                                                    else [gen_eos] if gen_eos is not None else []))
+        self.prefix_token_id = self.tokens.prefix_token_id
+        self.eot_token_id = self.tokens.eot_token_id
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.eot_token_id or 0)  # never attended to
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -90,49 +102,9 @@ class HFEngine:
             raise ValueError(f"HFEngine packs sequences with 4D attention masks; load the model with "
                              f"attn_implementation='sdpa' or 'eager', not {attn!r}")
 
-    # ---- tokenization (lm-eval HFLM semantics) -------------------------------------------
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        """HFLM.tok_encode: tokenizer defaults, except no special tokens when the text already
-        starts with the prefix (BOS) token's text. Batched: the fast tokenizer's batch call
-        returns the same ids as one call per text."""
-        out: list[list[int]] = [[] for _ in texts]
-        for skip in (False, True):
-            idx = [i for i, t in enumerate(texts) if t.startswith(self._prefix_text) == skip]
-            if idx:
-                kwargs = {"add_special_tokens": False} if skip else {}
-                enc = self.tokenizer([texts[i] for i in idx], **kwargs)["input_ids"]
-                for i, ids in zip(idx, enc):
-                    out[i] = list(ids)
-        return out
-
     def encode_pairs(self, requests: list[LoglikRequest]) -> list[tuple[list[int], list[int]]]:
         """(context ids, continuation ids) per request, as lm-eval's `loglikelihood` makes them."""
-        pairs: list[tuple[list[int], list[int]] | None] = [None] * len(requests)
-        ctx_texts, whole_texts, pending = [], [], []
-        for i, r in enumerate(requests):
-            if r.context == "":
-                cont = self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
-                if cont and cont[0] == self.prefix_token_id:
-                    pairs[i] = (cont[:1], cont[1:])
-                else:  # the BOS (or EOS) token stands in for the missing context
-                    pairs[i] = ([self.prefix_token_id], cont)
-                continue
-            # Trailing whitespace of the context belongs to the continuation (word boundaries).
-            context, continuation = r.context, r.continuation
-            n_spaces = len(context) - len(context.rstrip())
-            if n_spaces:
-                continuation = context[-n_spaces:] + continuation
-                context = context[:-n_spaces]
-            ctx_texts.append(context)
-            whole_texts.append(context + continuation)
-            pending.append(i)
-        unique = list(dict.fromkeys(ctx_texts))  # MC requests repeat their context
-        ctx_ids = dict(zip(unique, self._encode(unique)))
-        for i, ctx, whole in zip(pending, ctx_texts, self._encode(whole_texts)):
-            c = ctx_ids[ctx]
-            pairs[i] = (c, whole[len(c):])
-        return pairs  # type: ignore[return-value]
+        return self.tokens.encode_pairs(requests)
 
     # ---- log-likelihood ------------------------------------------------------------------
 
@@ -202,33 +174,27 @@ class HFEngine:
             out.logits = out.logits[:, -keep:]
         return out
 
-    # ---- generation ----------------------------------------------------------------------
-
     # ---- window log-probabilities --------------------------------------------------------
 
-    def window_logprobs(self, windows: torch.Tensor, batch_size: int = 8) -> Iterator[torch.Tensor]:
-        """Per batch of `batch_size` windows [B, T] (teacher forcing, no padding): the float32
-        log-probabilities of every next token, [B, T-1, vocab]."""
-        return teacher_forced_logprobs(self.model, windows, batch_size, self.device)
+    def window_scores(self, windows: torch.Tensor, batch_size: int = 8) -> Iterator[WindowScores]:
+        """Per batch of `batch_size` windows [B, T] (teacher forcing, no padding): the whole
+        float32 next-token distribution and what derives from it (`WindowScores.from_full`)."""
+        for start, logp in zip(range(0, len(windows), batch_size),
+                               teacher_forced_logprobs(self.model, windows, batch_size, self.device)):
+            yield WindowScores.from_full(windows[start:start + batch_size], logp)
 
     # ---- generation ----------------------------------------------------------------------
 
     def generate(self, requests: list[GenerateRequest]) -> list[Generation]:
-        """Greedy decoding with a KV cache, batched with left padding, longest prompt first.
+        """Decoding with a KV cache (greedy, or sampled per request), batched with left padding, longest prompt first.
         Stops per row at EOS, at `max_new_tokens`, or once the decoded text holds a stop
         string; the text is cut at the earliest stop string, as lm-eval does."""
         results: list[Generation | None] = [None] * len(requests)
         if not requests:
             return []
-        prompts = [r.prompt for r in requests]
-        # HFLM.tok_batch_encode: no special tokens if the first prompt starts with BOS text.
-        bos = self.tokenizer.bos_token
-        skip = bos is not None and prompts[0].startswith(bos)
-        enc = self.tokenizer(prompts, **({"add_special_tokens": False} if skip else {}))["input_ids"]
+        enc = self.tokens.encode_prompts([r.prompt for r in requests])
         order = sorted(range(len(requests)), key=lambda i: -len(enc[i]))
-        eos = {self.eot_token_id}
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        eos.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
+        eos = self.tokens.eos_ids
         bar = tqdm(total=len(requests), desc="generate", disable=not self.progress, file=sys.stderr)
         with torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
@@ -253,11 +219,16 @@ class HFEngine:
         out_tokens: list[list[int]] = [[] for _ in reqs]
         done = [m <= 0 for m in limits]
         cache = DynamicCache(config=self.model.config)
+        # sampled rows draw from their own generator, so a row's text depends on its seed only
+        samplers = [torch.Generator().manual_seed(r.seed or 0) if r.temperature > 0 else None for r in reqs]
         step_ids = ids
         while not all(done):
             out = self._forward(step_ids, mask, pos, cache, keep=1)
             cache = out.past_key_values
             nxt = out.logits[:, -1].argmax(dim=-1).cpu()
+            for b, gen in enumerate(samplers):
+                if gen is not None and not done[b]:
+                    nxt[b] = sample_token(out.logits[b, -1].float().cpu(), reqs[b].temperature, reqs[b].top_p, gen)
             for b, tok in enumerate(nxt.tolist()):
                 if done[b]:
                     continue
@@ -265,26 +236,9 @@ class HFEngine:
                     done[b] = True
                     continue
                 out_tokens[b].append(tok)
-                if len(out_tokens[b]) >= limits[b] or self._hit_stop(out_tokens[b], reqs[b].stop):
+                if len(out_tokens[b]) >= limits[b] or self.tokens.hit_stop(out_tokens[b], reqs[b].stop):
                     done[b] = True
             step_ids = nxt[:, None]
             mask = torch.cat([mask, torch.ones((len(reqs), 1), dtype=torch.long)], dim=1)
             pos = pos[:, -1:] + 1
-        return [self._finish(toks, r.stop) for toks, r in zip(out_tokens, reqs)]
-
-    def _hit_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
-        if not stop:
-            return False
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return any(s and s in text for s in stop)
-
-    def _finish(self, tokens: list[int], stop: tuple[str, ...]) -> Generation:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-        if cut < 0:
-            return Generation(text, len(tokens), tuple(tokens))
-        text = text[:cut]
-        n = len(tokens)  # tokens whose decoded text lies entirely before the cut
-        while n > 0 and len(self.tokenizer.decode(tokens[:n], skip_special_tokens=True)) > cut:
-            n -= 1
-        return Generation(text, n, tuple(tokens[:n]))
+        return [self.tokens.finish(toks, r.stop) for toks, r in zip(out_tokens, reqs)]

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
+
 
 @dataclass(frozen=True)
 class LoglikRequest:
@@ -31,11 +33,15 @@ class Loglik:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """Greedy continuation of `prompt`, cut at the first stop string (not included)."""
+    """Continuation of `prompt`, cut at the first stop string (not included): greedy at
+    temperature 0, else sampled with `top_p` from a generator seeded with `seed`."""
 
     prompt: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,25 @@ class Generation:
     tokens: tuple[int, ...] | None = None
 
 
+@dataclass
+class WindowScores:
+    """Teacher-forced scores of a batch of token windows [B, T]: at each of the T-1 positions
+    the log-probability of the actual next token (`target`, [B, T-1]), the engine's top-k
+    (`top_ids`, `top_logprobs`, [B, T-1, k], best first; id -1 where fewer came back) and,
+    where the engine has it, the whole distribution (`full`, [B, T-1, vocab])."""
+
+    target: torch.Tensor
+    top_ids: torch.Tensor
+    top_logprobs: torch.Tensor
+    full: torch.Tensor | None = None
+
+    @classmethod
+    def from_full(cls, windows: torch.Tensor, logprobs: torch.Tensor, k: int = 20) -> "WindowScores":
+        target = logprobs.gather(-1, windows[:, 1:, None].to(logprobs.device)).squeeze(-1)
+        top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        return cls(target, top.indices, top.values, logprobs)
+
+
 class Engine(Protocol):
     """What the stages need from a model. Implementations batch, share prefixes and cache."""
 
@@ -54,7 +79,7 @@ class Engine(Protocol):
 
     def generate(self, requests: list[GenerateRequest]) -> list[Generation]: ...
 
-    def window_logprobs(self, windows, batch_size: int) -> Iterator:
-        """Per batch of token windows [B, T]: float32 log-probabilities of every next token,
-        [B, T-1, vocab] (teacher forcing), for perplexity and divergence."""
+    def window_scores(self, windows, batch_size: int) -> Iterator[WindowScores]:
+        """Per batch of `batch_size` token windows [B, T] (teacher forcing): `WindowScores`,
+        for perplexity and divergence."""
         ...

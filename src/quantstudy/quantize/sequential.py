@@ -12,6 +12,10 @@ chooses the quantized values, (4) they go to the `Sink` (kept, or compressed and
 the errors earlier ones make -- and (6) the layer's weights are released. Activations are
 kept for one layer at a time (`activations.Activations`, spilled to disk past a budget).
 
+GPTQ takes the true-sequential walk instead where it can (`one_pass`): steps (2)-(5) in a
+single forward of the layer, each input group smoothed and quantized when every batch has
+reached it, so the layer runs once rather than twice (`Recipe.true_sequential`).
+
 The maths lives in gptq.py, awq.py, smoothquant.py (tensors in, tensors out); the
 algorithms' layer handlers in algorithms/; which norm feeds which linears in
 `models.families`. This module only walks layers and moves tensors.

@@ -15,7 +15,7 @@ autocast: on CPUs that multiply bf16 natively (AVX512-BF16, AMX) GEMMs are ~4x f
 a GPTQ run ~11-14% shorter, at a cost in quality (SmolLM2 W4A16 g64 GPTQ held-out perplexity
 60.82 vs 60.13 in float32, 2026-12-02), so it is not the default. Hessians are float32
 products accumulated in float64; Cholesky factors and scale searches run in float32, on
-the same device.
+the same device. GPTQ runs each layer's forward once (true sequential, `one_pass.py`).
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ class _Runner:
 
     # -- bench ------------------------------------------------------------------------------------
     def bench(self, models: list[tuple[str, Path, str]]) -> dict:
-        from quantstudy.bench.cpu import cpu_model
+        from quantstudy.hardware import cpu_model
         from quantstudy.bench.plan import local_hardware, plan_runs
 
         hw = local_hardware()
