@@ -142,10 +142,12 @@ def preflight_notes(results: StudyResults, rec: Recommendation | None) -> list[s
 
 
 def render(results: StudyResults, rec: Recommendation | None, rec_error: str | None, tables: dict[str, Table],
-           figures: dict[str, bytes | None], accuracy_notes: list[str]) -> str:
+           figures: dict[str, bytes | None], accuracy_notes: list[str], engine_notes: list[str] = ()) -> str:
     model = results.model.name
     ev = results.evaluate
     accuracy = (table_html(tables["accuracy"]) + figure(figures["recovery"], "recovery per task with 95% intervals")
+                + (table_html(tables["served"]) if tables["served"].rows else "")
+                + (("<h3>Engines</h3>" + bullet_list(engine_notes)) if engine_notes else "")
                 + (("<h3>Notes</h3>" + bullet_list(accuracy_notes)) if accuracy_notes else "")) if ev else MISSING
     pre = preflight_notes(results, rec)
     body = {

@@ -96,9 +96,14 @@ def accuracy_table(results: StudyResults) -> Table:
     names = [v.name for v in results.variants]
     cols = ["task", "n", "BF16"]
     for n in names:
-        label = results.label(n)
+        label = results.label(n) + (" (vLLM)" if ev and ev.engine_of(n) == "vllm" else " (in process)" if ev and
+                                    ev.served else "")
         cols += [f"{label}", f"{label} recovery % [95% CI]", f"{label} flips −/+", f"{label} verdict"]
-    t = Table("accuracy", "Accuracy: score and recovery (variant / BF16) per task, 95% paired bootstrap", cols)
+    title = "Accuracy: score and recovery (variant / BF16) per task, 95% paired bootstrap"
+    if ev and ev.served:
+        title += ("; a variant served by vLLM is compared with BF16 served, one evaluated in process (emulated) "
+                  "with BF16 in process (the BF16 column: served)")
+    t = Table("accuracy", title, cols)
     for task, e in (ev.tasks if ev else {}).items():
         base = e.baseline
         row = [task, "" if e.n is None else str(e.n), (pct(base) if e.metric == "accuracy" else
@@ -138,6 +143,60 @@ def accuracy_table(results: StudyResults) -> Table:
                         f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1], f"{n}_verdict": a and a.verdict})
         t.add(row, rec)
     return t
+
+
+def served_table(results: StudyResults) -> Table:
+    """What the engine adds: served minus in-process accuracy per task (paired 95% CI, flip
+    rate) and per-position fidelity (prefill | decode), for the BF16 noise floor and each
+    served variant against its fake-quant twin; and each model's engine and kernels."""
+    ev = results.evaluate
+    cols = ["comparison", "task", "points served − reference [95% CI]", "flips", "KL prefill | decode",
+            "top-1 prefill | decode", "ΔNLL prefill | decode"]
+    t = Table("served", "Served (vLLM) vs in process: the engine's noise floor and each served variant against "
+                        "its emulation (KL: top-k lower bound)", cols)
+    served = ev.served if ev else {}
+    if not served:
+        return t
+    rows = [("BF16 served vs in process (floor)", served["noise_floor"].get("engine")),
+            ("BF16 served batched vs one at a time (floor)", served["noise_floor"].get("batching"))]
+    rows += [(f"{results.label(n)} served vs emulated", e) for n, e in served["served_vs_emulated"].items()]
+
+    def pair(fid, m, scale=1.0, fmt="{:.4f}"):
+        if not fid:
+            return "–"
+        return " | ".join(fmt.format(scale * fid[p][m]["mean"]) if fid.get(p) and m in fid[p] else "–"
+                          for p in ("prefill", "decode"))
+    for label, entry in rows:
+        if entry is None:
+            continue
+        fid = entry.get("fidelity")
+        cells = [pair(fid, "kl"), pair(fid, "top1", 100, "{:.1f}%"), pair(fid, "dnll", 1, "{:+.3f}")]
+        for task, g in (entry["tasks"] or {"–": None}).items():
+            if g is None:
+                t.add([label, "–", "–", "–", *cells], {"comparison": label})
+                continue
+            lo, hi = g["difference_ci"]
+            t.add([label, task, f"{100 * g['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                   f"{100 * g['flip_rate']:.0f}%", *cells],
+                  {"comparison": label, "task": task, "difference": g["difference"], "difference_lo": lo,
+                   "difference_hi": hi, "flip_rate": g["flip_rate"]})
+    return t
+
+
+def engines_notes(results: StudyResults) -> list[str]:
+    """One line per model run: which engine, and for vLLM the kernel per layer type."""
+    ev = results.evaluate
+    out = []
+    for run, rec in (ev.engines if ev else {}).items():
+        kernels = ", ".join(f"{k['layer_type']}: {k['kernel']} ({k['status']})" for k in rec.get("kernels", []))
+        out.append(f"{run}: {rec['engine']} {rec['version']} · {rec['dtype']} · {rec['device']} · {kernels}")
+    if ev and ev.served:
+        floor = ev.served.get("floor") or {}
+        if floor:
+            out.append("noise floor (|accuracy points| BF16 moves between engines and batchings): "
+                       + ", ".join(f"{t} ±{100 * v:.1f}" for t, v in floor.items())
+                       + "; a served variant's change is called real only when its interval lies beyond it")
+    return out
 
 
 def accuracy_notes(results: StudyResults) -> list[str]:

@@ -58,6 +58,10 @@ class EvaluateConfig:
     chat_template: str = "auto"
     batch_size: int = 16
     seed: int = 0
+    concurrency: int = 16            # served: requests in flight
+    # served: each served model in process too (served vs emulated) and the served baseline again
+    # one request at a time (the engine's noise floor)
+    twin: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class StudyConfig:
     predict: PredictConfig | None = field(default_factory=PredictConfig)
     deployment: DeploymentConfig | None = field(default_factory=DeploymentConfig)
     executor: str = "local"
+    # Which engine evaluates and compares: auto = vLLM where it runs the format natively on this
+    # machine (what a deployment serves), in process otherwise; hf = in process; vllm = served only.
+    engine: str = "auto"
     source: str = "defaults"         # the file it came from (for messages)
 
     def to_dict(self) -> dict:
@@ -119,7 +126,7 @@ class StudyConfig:
 
 
 TOP_LEVEL = ("model", "variants", "calibration", "evaluate", "compare", "bench", "predict", "deployment",
-             "executor")
+             "executor", "engine")
 
 
 def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
@@ -163,6 +170,8 @@ def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
             out[key] = check.section(raw[key], (key,), cls, optional=True)
     if "executor" in raw:
         out["executor"] = check.str_(raw["executor"], ("executor",), ("local", "ray"))
+    if "engine" in raw:
+        out["engine"] = check.str_(raw["engine"], ("engine",), ("auto", "hf", "vllm"))
     return StudyConfig(**out)
 
 

@@ -173,19 +173,44 @@ def do_quantize(job_key: str, spec: dict, on_start=None, on_layer=None) -> dict:
             "min_layer_sqnr_db": min(s for _, s in sqnr) if sqnr else None, "adopted": adopted}
 
 
-def evaluate_job(cfg, model_fp: str, variants: list[tuple[str, str]]) -> Job:
+def evaluate_job(cfg, model_fp: str, variants: list[tuple[str, str]], serving: dict) -> Job:
+    """`serving`: which models the served engine takes here and on what machine (`served_identity`)."""
     e = cfg.evaluate
     settings = {"tasks": list(e.tasks), "limit": e.limit, "chat": e.chat_template, "seed": e.seed,
-                "batch_size": e.batch_size, "dtype": "float32", "ppl_seq_len": 512}
+                "batch_size": e.batch_size, "dtype": "float32", "ppl_seq_len": 512, "engine": cfg.engine,
+                "concurrency": e.concurrency, "twin": e.twin}
     return Job("evaluate", "evaluate", {"stage": "evaluate", "baseline": model_fp, "variants": variants,
-                                        "settings": settings, "code": __version__})
+                                        "settings": settings, "serving": serving, "code": __version__})
 
 
-def compare_job(cfg, model_fp: str, variants: list[tuple[str, str]]) -> Job:
+def compare_job(cfg, model_fp: str, variants: list[tuple[str, str]], serving: dict) -> Job:
     c = cfg.compare
     return Job("compare", "compare", {"stage": "compare", "baseline": model_fp, "variants": variants,
-                                      "limit": c.limit, "max_new_tokens": c.max_new_tokens,
-                                      "seed": cfg.evaluate.seed if cfg.evaluate else 0, "code": __version__})
+                                      "limit": c.limit, "max_new_tokens": c.max_new_tokens, "engine": cfg.engine,
+                                      "serving": serving, "seed": cfg.evaluate.seed if cfg.evaluate else 0,
+                                      "code": __version__})
+
+
+def served_identity(cfg, models: list[tuple[str, Path]]) -> dict:
+    """Which models vLLM serves for evaluation on this machine (and which not, and why), and
+    the machine: served numbers are the engine's on this hardware, so they key the jobs."""
+    if cfg.engine == "hf":
+        return {"served": {}}
+    import platform
+
+    from quantstudy.bench.plan import serving_plan
+    from quantstudy.hardware import cpu_model
+
+    python = cfg.bench.vllm_python if cfg.bench else None
+    served = serving_plan(models, python=python)
+    if cfg.engine == "auto" and not any(v is True for n, v in served.items() if n != BASELINE):
+        served[BASELINE] = "no variant is served here, so neither is the baseline"
+    if cfg.engine == "vllm":
+        refused = {n: r for n, r in served.items() if r is not True}
+        if refused:
+            raise QuantstudyError("engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items())
+                                  + " (use engine: auto to evaluate those in process)")
+    return {"served": served, "host": platform.node(), "cpu": cpu_model(), "python": python}
 
 
 def bench_job(cfg, run, fp: str, hardware: dict) -> Job:

@@ -245,6 +245,12 @@ def stored_results(study: Path) -> StudyResults:
     return StudyResults.from_json(results, f"the results stored in {path}")
 
 
+def _serve_plan(serving: dict, cfg: StudyConfig, out: Path):
+    from quantstudy.evaluate.runner import ServePlan
+
+    return ServePlan(served=dict(serving["served"]), python=serving.get("python"), log_dir=str(out / "logs"))
+
+
 def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_config: dict) -> StudyResults:
     from quantstudy.study.assemble import assemble
 
@@ -263,26 +269,32 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
     ok = [(v.name, quantized[v.name]["fingerprint"]) for v in cfg.variants if v.name in quantized]
     folders = [out / J.CHECKPOINTS / name for name, _ in ok]
 
+    serving = J.served_identity(cfg, [(J.BASELINE, base_folder), *zip([n for n, _ in ok], folders)]) \
+        if (cfg.evaluate or cfg.compare) and ok else {"served": {}}
+    plan = _serve_plan(serving, cfg, out)
+
     evaluation = None
     if cfg.evaluate:
         from quantstudy.evaluate.runner import EvalSettings, evaluate_models
 
-        job = J.evaluate_job(cfg, model_fp, ok)
+        job = J.evaluate_job(cfg, model_fp, ok, serving)
         s = job.inputs["settings"]
         evaluation = runner.run_inline(job, lambda: evaluate_models(
             cfg.model, folders, EvalSettings(tasks=tuple(s["tasks"]), limit=s["limit"], chat=s["chat"],
                                              seed=s["seed"], batch_size=s["batch_size"], dtype=s["dtype"],
-                                             ppl_seq_len=s["ppl_seq_len"]),
-            store.path, progress=runner.progress))
+                                             ppl_seq_len=s["ppl_seq_len"], engine=s["engine"],
+                                             concurrency=s["concurrency"], twin=s["twin"]),
+            store.path, progress=runner.progress, plan=plan))
 
     comparison = None
     if cfg.compare and ok:
         from quantstudy.compare.runner import compare_models
 
-        job = J.compare_job(cfg, model_fp, ok)
+        job = J.compare_job(cfg, model_fp, ok, serving)
         comparison = runner.run_inline(job, lambda: compare_models(
             cfg.model, folders, store.path, limit=job.inputs["limit"],
-            max_new_tokens=job.inputs["max_new_tokens"], seed=job.inputs["seed"], progress=runner.progress))
+            max_new_tokens=job.inputs["max_new_tokens"], seed=job.inputs["seed"], progress=runner.progress,
+            plan=plan))
 
     bench = None
     if cfg.bench:
