@@ -22,7 +22,9 @@ FLOORS = (
     ("recommend",),
     ("report",),
     ("study",),
-    ("cli",),
+    ("cli_common",),                                          # the command line: app, consoles, one-line errors
+    ("cli_measure",),                                         # evaluate, compare, predict, bench
+    ("cli",),                                                 # quantize, info, study, report; the entry point
 )
 FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 

@@ -33,6 +33,7 @@ compare: {limit: 2, max_new_tokens: 16}
 bench: false
 predict: {hardware: [a6000], use_cases: [instruction-following]}
 deployment: {hardware: a6000, min_recovery: 0.9}
+engine: hf
 """
 
 

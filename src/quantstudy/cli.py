@@ -1,82 +1,24 @@
 """quantstudy's command line: one thin command per stage.
 
-Every user-facing failure is a `QuantstudyError` and prints as one line (exit code 2);
-anything else is a bug and keeps its traceback.
+This module holds the commands that make and read artefacts (schemes, quantize, info, study,
+report) and the console entry point; the measuring commands (evaluate, compare, predict,
+bench) are in `cli_measure`, the shared app and error handling in `cli_common`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-# Never reach for a model hub: everything quantstudy uses ships in packages.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# transformers' warnings about a model's own config (e.g. "Ignoring clean_up_tokenization_spaces
-# for BPE") are noise between our progress lines; set TRANSFORMERS_VERBOSITY=warning to see them.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from quantstudy.cli_common import (_fmt_db, _progress, app, console, err_console, one_line_errors,  # noqa: F401
+                                   parse_bytes)
 from quantstudy.errors import QuantstudyError
-
-app = typer.Typer(
-    help="Should I serve this model in BF16, FP8, INT8 or INT4? Quantize, evaluate, compare, bench.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def one_line_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except QuantstudyError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=err_console, transient=True)
-
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
-
-
-def parse_bytes(text: str, option: str) -> int:
-    """'8GiB', '512MB', '2g', '1000000' -> bytes."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
-    unit = m and _UNITS.get(m.group(2).lower())
-    if not m or unit is None or float(m.group(1)) <= 0:
-        raise QuantstudyError(f"{option} {text!r} is not an amount of memory (e.g. 8GiB, 512MB)")
-    return int(float(m.group(1)) * unit)
-
-
-def _fmt_db(x: float) -> str:
-    return "exact" if x == float("inf") else f"{x:.1f}"
-
 
 @app.command()
 @one_line_errors
@@ -243,229 +185,6 @@ def study(
 
 @app.command()
 @one_line_errors
-def evaluate(
-    model: str = typer.Option("smollm2-135m", help="Baseline: embedded model name, HF folder or .gguf file."),
-    variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
-    tasks: str = typer.Option("mmlu,arc_challenge,hellaswag,winogrande,gsm8k,humaneval,ifeval,ruler,ppl,kl",
-                              help="Comma-separated tasks."),
-    limit: Optional[int] = typer.Option(None, help="Items per task (per subject for MMLU); intervals widen "
-                                        "as it shrinks, and the table says so."),
-    chat_template: str = typer.Option("auto", help="auto: chat template for IFEval and RULER only; "
-                                      "on: every generative task; off: raw prompts."),
-    batch_size: int = typer.Option(16, help="Rows per forward pass."),
-    store: Path = typer.Option(Path("runs/evaluate.sqlite"), help="Results store: finished items are "
-                               "never recomputed."),
-    out: Path = typer.Option(Path("runs/evaluate.json"), help="Report as JSON."),
-    seed: int = typer.Option(0, help="Seed for bootstrap resampling and generated task items."),
-    dtype: str = typer.Option("float32", help="In-process evaluation dtype (float32 on CPU)."),
-    engine: str = typer.Option("hf", help="hf: in process (transformers, fake-quant emulation); vllm: every model "
-                               "served by vLLM (its kernels, bf16); auto: vLLM where it runs the format natively "
-                               "here, in process otherwise. Every result records its engine."),
-    url: list[str] = typer.Option([], help="NAME=URL: score NAME ('baseline' or a variant folder's name) on a "
-                                  "running OpenAI-compatible server instead of starting vLLM (repeat)."),
-    vllm_python: Optional[str] = typer.Option(None, help="Interpreter with vLLM (default: .venv-vllm, or "
-                                              "$QUANTSTUDY_VLLM_PYTHON)."),
-    concurrency: int = typer.Option(16, help="Served: requests in flight."),
-    twin: bool = typer.Option(True, "--twin/--no-twin", help="Served: also score each served model in process "
-                              "(served vs emulated) and the served baseline one request at a time (noise floor)."),
-) -> None:
-    """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
-
-    Tasks follow lm-eval's definitions over packaged data: MMLU 5-shot, ARC-Challenge,
-    HellaSwag, Winogrande (log-likelihood), GSM8K 8-shot CoT strict match, HumanEval pass@1
-    (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
-    divergence / top-1 agreement against the baseline on held-out WikiText. With --engine
-    vllm|auto the served numbers are compared with emulation and the engine's noise floor.
-    """
-    import json
-
-    from quantstudy.evaluate.registry import parse_tasks
-    from quantstudy.evaluate.report_table import evaluation_table, served_table
-    from quantstudy.evaluate.runner import EvalSettings, evaluate_models
-
-    settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
-                            batch_size=batch_size, dtype=dtype, engine=engine, concurrency=concurrency, twin=twin)
-    plan = _serve_plan(model, variant, engine, url, vllm_python)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        report = evaluate_models(model, variant, settings, store, progress=progress, plan=plan)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    table, notes = evaluation_table(report)
-    console.print(table)
-    if report.get("served"):
-        console.print(served_table(report))
-    for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"report: {out}   store: {store}")
-
-
-def _serve_plan(model: str, variants: list[Path], engine: str, urls: list[str], vllm_python: Optional[str]):
-    """Which models the served engine takes (engine auto/vllm), from this machine's preflight."""
-    from quantstudy.evaluate.runner import ServePlan
-
-    names = [Path(v).name for v in variants]
-    endpoints = {}
-    for item in urls:
-        name, sep, address = item.partition("=")
-        if not sep or name not in ("baseline", *names):
-            raise QuantstudyError(f"--url {item!r}: expected NAME=URL with NAME 'baseline' or one of: {', '.join(names)}")
-        endpoints[name] = address
-    if engine == "hf":
-        return ServePlan()
-    from quantstudy.bench.plan import serving_plan
-    from quantstudy.models import resolve_model
-
-    pairs = [("baseline", resolve_model(model)), *zip(names, variants)]
-    served = serving_plan([(n, f) for n, f in pairs if n not in endpoints], python=vllm_python) if len(endpoints) < len(pairs) else {}
-    served.update({n: True for n in endpoints})
-    if engine == "auto" and not any(served.get(n) is True for n in names):
-        served["baseline"] = "no variant is served here, so neither is the baseline"
-    return ServePlan(served=served, urls=endpoints, python=vllm_python)
-
-
-@app.command()
-@one_line_errors
-def predict(
-    model_config: str = typer.Option("llama-3.1-8b", help="Known shape (llama-3.1-8b/70b/405b), a config.json, "
-                                     "a model folder, or an embedded model name."),
-    gpu: str = typer.Option("a6000,a100,h100", help="Comma-separated hardware: a6000, a100, l40s, h100, h200, "
-                            "b200, or cpu (this machine, measured once)."),
-    format_: str = typer.Option("bf16,w8a8-fp8,w8a8-int8,w4a16", "--format", help="Comma-separated formats."),
-    use_case: str = typer.Option("code-completion,instruction-following",
-                                 help="Comma-separated use cases, or 'all' (the paper's seven)."),
-) -> None:
-    """Predict serving latency, throughput, GPU count and queries per dollar with the roofline model.
-
-    For hardware not at hand: datasheet ceilings times efficiencies fitted to the paper's
-    published A6000 runs and measured on an H200 (see README). Formats a card cannot run
-    natively are flagged (preflight), and predicted with the fallback kernel vLLM uses.
-    """
-    from quantstudy.bench.roofline import resolve_hardware
-    from quantstudy.bench.roofline_constants import USE_CASES
-    from quantstudy.bench.views import preflight_notes, prediction_table, resolve_shape
-
-    shape = resolve_shape(model_config)
-    hardwares = [h.strip() for h in gpu.split(",") if h.strip()]
-    if "cpu" in hardwares:
-        from quantstudy.bench.cpu import measure_cpu
-        hardwares = [measure_cpu() if h == "cpu" else h for h in hardwares]
-    for h in hardwares:
-        resolve_hardware(h)
-    formats = [f.strip() for f in format_.split(",") if f.strip()]
-    cases = list(USE_CASES) if use_case == "all" else [u.strip() for u in use_case.split(",") if u.strip()]
-    unknown = [u for u in cases if u not in USE_CASES]
-    if unknown:
-        raise QuantstudyError(f"unknown use case {unknown[0]!r}; known: {', '.join(USE_CASES)}")
-    for case in cases:
-        console.print(prediction_table(model_config, shape, formats, hardwares, case))
-    for note in preflight_notes(formats, hardwares):
-        console.print(f"[yellow]preflight:[/] {note}", highlight=False)
-
-
-@app.command()
-@one_line_errors
-def compare(
-    model: str = typer.Option("smollm2-135m", help="Baseline: embedded model name, HF folder or .gguf file."),
-    variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
-    limit: Optional[int] = typer.Option(None, help="Prompts to use (of 228; balanced across categories)."),
-    max_new_tokens: int = typer.Option(256, help="Greedy tokens per answer (same for every model)."),
-    examples: int = typer.Option(3, help="Most divergent examples to show side by side."),
-    batch_size: int = typer.Option(8, help="Prompts per generation batch."),
-    store: Path = typer.Option(Path("runs/compare.sqlite"), help="Generations cache: done prompts are skipped."),
-    out: Path = typer.Option(Path("runs/compare.json"), help="Report as JSON."),
-    seed: int = typer.Option(0, help="Seed for the bootstrap intervals."),
-    engine: str = typer.Option("hf", help="hf: generate in process; vllm: every model served by vLLM; auto: vLLM "
-                               "where it runs the format natively here. A variant is compared with the baseline's "
-                               "answers on its own engine."),
-    url: list[str] = typer.Option([], help="NAME=URL: generate NAME ('baseline' or a variant folder's name) on a "
-                                  "running OpenAI-compatible server (repeat)."),
-    vllm_python: Optional[str] = typer.Option(None, help="Interpreter with vLLM (default: .venv-vllm)."),
-) -> None:
-    """How the variants' generated text differs from the baseline's on open-ended prompts.
-
-    Greedy answers with the chat template, then per prompt: ROUGE-1/L, BERTScore (packaged
-    all-MiniLM-L6-v2, last layer; not on RoBERTa-large's scale), semantic similarity
-    (sentence-embedding cosine), exact match and the first diverging token; means with
-    bootstrap intervals, and the most divergent examples side by side.
-    """
-    from quantstudy.compare.runner import run_compare_cli
-
-    if limit is not None and limit < 1:
-        raise QuantstudyError(f"--limit must be at least 1, got {limit}")
-    if engine not in ("hf", "vllm", "auto"):
-        raise QuantstudyError(f"--engine must be one of hf, vllm, auto, not {engine!r}")
-    plan = _serve_plan(model, variant, engine, url, vllm_python)
-    if engine == "vllm":
-        refused = {n: r for n, r in plan.served.items() if r is not True}
-        if refused:
-            raise QuantstudyError("--engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items()))
-    run_compare_cli(model, variant, store=store, limit=limit, max_new_tokens=max_new_tokens, seed=seed, out=out,
-                    examples=examples, batch_size=batch_size, console=console, plan=plan)
-
-
-@app.command()
-@one_line_errors
-def bench(
-    model: str = typer.Option("smollm2-135m", help="Baseline model (served as BF16); embedded name or folder."),
-    variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
-    use_cases: str = typer.Option("instruction-following", help="Comma-separated use cases, or 'all'."),
-    mode: str = typer.Option("sync", help="sync (one request at a time), async (fixed concurrency), "
-                             "poisson (rate sweep, --rates), throughput (all at once); comma-separated."),
-    scale: float = typer.Option(1.0, help="Shrink the use cases' token counts (e.g. 0.125 on a CPU)."),
-    requests: int = typer.Option(8, help="Requests per run (a concurrent run takes at least 2 x concurrency)."),
-    concurrency: int = typer.Option(8, help="Streams for the async mode."),
-    fallback_requests: int = typer.Option(2, help="Synchronous requests for a format the engine only "
-                                          "emulates on this hardware (FP8 on a CPU); no load profiles."),
-    rates: str = typer.Option("", help="Requests/s for the poisson mode, comma-separated."),
-    url: Optional[str] = typer.Option(None, help="Attach to a running OpenAI-compatible endpoint instead "
-                                      "of starting vLLM (one model)."),
-    vllm_python: Optional[str] = typer.Option(None, help="Python (or command) of the vLLM environment; "
-                                              "default .venv-vllm or $QUANTSTUDY_VLLM_PYTHON."),
-    slo_ttft: Optional[float] = typer.Option(None, help="Goodput SLO: time to first token, seconds."),
-    slo_itl: Optional[float] = typer.Option(None, help="Goodput SLO: inter-token latency, seconds."),
-    out: Path = typer.Option(Path("runs/bench.json"), help="Results as JSON."),
-) -> None:
-    """Serving latency and throughput on vLLM for the paper's use cases, per format.
-
-    Starts `vllm serve` (the API server) for the baseline and each variant in turn, from the
-    vLLM environment, drives it with streaming requests of exact token counts, and shuts it
-    down. Formats the engine cannot run on this hardware are skipped with the reason.
-    """
-    import json
-
-    from quantstudy.bench.plan import execute, local_hardware, plan_runs
-    from quantstudy.bench.roofline_constants import USE_CASES
-    from quantstudy.bench.runner import bench_table
-    from quantstudy.models import resolve_model
-
-    modes = {"sync": "synchronous", "async": "concurrent"}
-    profile_names = [modes.get(m.strip(), m.strip()) for m in mode.split(",") if m.strip()]
-    cases = list(USE_CASES) if use_cases == "all" else [u.strip() for u in use_cases.split(",") if u.strip()]
-    rate_values = [float(r) for r in rates.split(",") if r.strip()]
-    models = [("baseline", Path(resolve_model(model)))] + [(v.name, Path(v)) for v in variant]
-    plan = plan_runs(models, local_hardware() if url is None else None, profile_names, requests, concurrency,
-                     fallback_requests)
-    results = []
-    for run in plan:
-        name = Path(run.folder).name
-        if run.skipped:
-            err_console.print(f"[yellow]skip[/] {name} ({run.fmt}): {run.reason}", highlight=False)
-            continue
-        if run.status == "fallback":
-            err_console.print(f"[yellow]preflight[/] {run.fmt}: {run.reason} -- {fallback_requests} synchronous "
-                              "request(s) only", highlight=False)
-        err_console.print(f"serving {name} ({run.fmt}) …")
-        results += execute(run, cases, scale, concurrency, rate_values, python=vllm_python, url=url,
-                           slo_ttft_s=slo_ttft, slo_itl_s=slo_itl)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([r.to_dict() for r in results], indent=1))
-    console.print(bench_table(results))
-    console.print(f"results: {out}")
-
-
-@app.command()
-@one_line_errors
 def report(
     source: Path = typer.Argument(..., help="A study folder (its study.sqlite is read), a study.sqlite, "
                                   "or a results JSON (runs/study/results.json)."),
@@ -488,6 +207,10 @@ def report(
         out = out or Path("runs/study/report")
     paths = build_report(data, out)
     console.print(f"report: {paths['report.html']}")
+
+
+# The measuring commands register on the same app, after these: --help lists them in pipeline order.
+from quantstudy import cli_measure  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -47,6 +47,8 @@ class VariantSimilarity:
     examples: tuple[dict, ...] = ()
     per_prompt: tuple[dict, ...] = ()
     exact_tokens: bool = False
+    engine: str = "hf"                      # what generated its answers (and the baseline's it is scored against)
+    engine_record: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def compare_models(baseline_ref: str = "smollm2-135m", variant_dirs: Sequence[st
             if engines.get(name, "hf") == "vllm" or (name == "baseline" and how == "vllm"):
                 def start():
                     engine, record = servers.enter_context(served(folder, tok, url=plan.urls.get(name),
-                                                                  python=plan.python))
+                                                                  python=plan.python, log_dir=plan.log_dir))
                     records[f"{name}@vllm"] = record.to_dict()
                     return engine
                 model_id = f"{store.fingerprint(folder)}:vllm:{SERVED_DTYPE}"

@@ -49,6 +49,7 @@ class EvalSettings:
     engine: str = "hf"              # hf | vllm | auto (vllm where the plan serves a model)
     concurrency: int = 16           # served: requests in flight
     twin: bool = True               # served: also in process, and the served noise floor
+    prefix_cache: bool = False      # served: vLLM's prefix cache (faster; scores then depend on what ran before)
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -234,6 +235,7 @@ def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSet
     report["models"] = models
     report["engines"] = engines
     report["primary"] = primary
+    report["not_served"] = {n: r for n, r in plan.served.items() if isinstance(r, str)}
     if served is not None:
         report["served"] = served_report
         apply_noise_floor(report)

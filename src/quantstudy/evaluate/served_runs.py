@@ -69,8 +69,9 @@ class ServedRuns:
         for name in names:
             folder = self.folders[name]
             with served(folder, self.tokenizer, url=self.plan.urls.get(name), python=self.plan.python,
-                        concurrency=self.settings.concurrency, log_dir=self.plan.log_dir) as (engine, record):
-                key = f"{self.store.fingerprint(folder)}:vllm:{record.version}:{record.dtype}:{record.device}"
+                        concurrency=self.settings.concurrency, log_dir=self.plan.log_dir,
+                        prefix_cache=self.settings.prefix_cache) as (engine, record):
+                key = f"{self.store.fingerprint(folder)}:vllm:{record.version}:{record.dtype}:{record.device}:{record.how}"
                 run = f"{name}@vllm"
                 self.keys[run], self.records[run] = key, record.to_dict()
                 if name == "baseline" and "kl" in self.settings.tasks:

@@ -45,6 +45,7 @@ class EvaluationReport:
     engines: dict = field(default_factory=dict)     # run ("name@vllm", "name@hf") -> what ran it
     primary: dict = field(default_factory=dict)     # variant -> the run its comparison uses
     served: dict = field(default_factory=dict)      # served vs emulated, noise floor (served_runs.report)
+    not_served: dict = field(default_factory=dict)  # name -> why it was evaluated in process
 
     def engine_of(self, variant: str) -> str:
         """'vllm' or 'hf': the engine behind a variant's comparison."""

@@ -58,12 +58,20 @@ def inprocess_record(how: str, dtype: str, device: str = "cpu") -> EngineRecord:
 
 @contextlib.contextmanager
 def served(folder: str | os.PathLike, tokenizer, *, url: str | None = None, python=None, concurrency: int = 16,
-           max_model_len: int | None = 2048, progress: bool = False, log_dir: str | os.PathLike | None = None):
-    """(VLLMEngine, EngineRecord) for `folder` served by vLLM, stopped on exit."""
+           max_model_len: int | None = 2048, progress: bool = False, log_dir: str | os.PathLike | None = None,
+           prefix_cache: bool = False):
+    """(VLLMEngine, EngineRecord) for `folder` served by vLLM, stopped on exit.
+
+    Prefix caching is off unless asked for: a request whose prefix is cached computes only its
+    suffix, with other GEMM shapes, and in bf16 that moves its scores (measured: up to 0.7
+    nats on a HellaSwag ending, 1 of 3 GSM8K greedy answers changed), so a score would depend
+    on what the server ran before it -- a resumed evaluation would not reproduce a fresh one.
+    On, MMLU's shared 5-shot prompts are computed once (much faster)."""
     name = "model" if url is None else None
     log_path = None if log_dir is None else Path(log_dir) / f"vllm-{Path(folder).name}.log"
     server = VLLMServer(folder, name, url=url, python=python, max_model_len=max_model_len, dtype=SERVED_DTYPE,
-                        log_path=log_path, keep_log=log_path is not None)
+                        log_path=log_path, keep_log=log_path is not None,
+                        extra_args=() if prefix_cache else ("--no-enable-prefix-caching",))
     with server:
         info = server.info
         log = Path(info.log_path).read_text(errors="replace") if info.log_path else ""
@@ -75,6 +83,7 @@ def served(folder: str | os.PathLike, tokenizer, *, url: str | None = None, pyth
         else:
             kernels = tuple(vars(k) for k in kernels)
         where = f"cpu ({cpu_model()})" if device == "cpu" else device
-        record = EngineRecord("vllm", info.version, SERVED_DTYPE, where, "served", kernels)
+        how = "served" if url else ("served, prefix cache on" if prefix_cache else "served, prefix cache off")
+        record = EngineRecord("vllm", info.version, SERVED_DTYPE, where, how, kernels)
         engine = VLLMEngine(info.url, server.name, tokenizer, concurrency=concurrency, progress=progress)
         yield engine, record

@@ -190,6 +190,8 @@ def engines_notes(results: StudyResults) -> list[str]:
     for run, rec in (ev.engines if ev else {}).items():
         kernels = ", ".join(f"{k['layer_type']}: {k['kernel']} ({k['status']})" for k in rec.get("kernels", []))
         out.append(f"{run}: {rec['engine']} {rec['version']} · {rec['dtype']} · {rec['device']} · {kernels}")
+    for name, why in (ev.not_served if ev else {}).items():
+        out.append(f"{name} evaluated in process (emulated), not served: {why}")
     if ev and ev.served:
         floor = ev.served.get("floor") or {}
         if floor:

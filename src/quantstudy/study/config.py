@@ -62,6 +62,7 @@ class EvaluateConfig:
     # served: each served model in process too (served vs emulated) and the served baseline again
     # one request at a time (the engine's noise floor)
     twin: bool = True
+    prefix_cache: bool = False       # served: off, so a score never depends on what the server ran before
 
 
 @dataclass(frozen=True)

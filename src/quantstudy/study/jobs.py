@@ -178,7 +178,7 @@ def evaluate_job(cfg, model_fp: str, variants: list[tuple[str, str]], serving: d
     e = cfg.evaluate
     settings = {"tasks": list(e.tasks), "limit": e.limit, "chat": e.chat_template, "seed": e.seed,
                 "batch_size": e.batch_size, "dtype": "float32", "ppl_seq_len": 512, "engine": cfg.engine,
-                "concurrency": e.concurrency, "twin": e.twin}
+                "concurrency": e.concurrency, "twin": e.twin, "prefix_cache": e.prefix_cache}
     return Job("evaluate", "evaluate", {"stage": "evaluate", "baseline": model_fp, "variants": variants,
                                         "settings": settings, "serving": serving, "code": __version__})
 

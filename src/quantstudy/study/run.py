@@ -283,7 +283,8 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
             cfg.model, folders, EvalSettings(tasks=tuple(s["tasks"]), limit=s["limit"], chat=s["chat"],
                                              seed=s["seed"], batch_size=s["batch_size"], dtype=s["dtype"],
                                              ppl_seq_len=s["ppl_seq_len"], engine=s["engine"],
-                                             concurrency=s["concurrency"], twin=s["twin"]),
+                                             concurrency=s["concurrency"], twin=s["twin"],
+                                             prefix_cache=s["prefix_cache"]),
             store.path, progress=runner.progress, plan=plan))
 
     comparison = None

@@ -1,0 +1,76 @@
+"""What every command of quantstudy's command line shares: the offline environment, the typer
+app, the consoles, and the rule that a `QuantstudyError` prints as one line (exit code 2)
+while anything else is a bug and keeps its traceback. The commands live in `cli` (quantize,
+info, study, report) and `cli_measure` (evaluate, compare, predict, bench)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+# Never reach for a model hub: everything quantstudy uses ships in packages.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# transformers' warnings about a model's own config (e.g. "Ignoring clean_up_tokenization_spaces
+# for BPE") are noise between our progress lines; set TRANSFORMERS_VERBOSITY=warning to see them.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from quantstudy.errors import QuantstudyError
+
+app = typer.Typer(
+    help="Should I serve this model in BF16, FP8, INT8 or INT4? Quantize, evaluate, compare, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QuantstudyError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=err_console, transient=True)
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str, option: str) -> int:
+    """'8GiB', '512MB', '2g', '1000000' -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m and _UNITS.get(m.group(2).lower())
+    if not m or unit is None or float(m.group(1)) <= 0:
+        raise QuantstudyError(f"{option} {text!r} is not an amount of memory (e.g. 8GiB, 512MB)")
+    return int(float(m.group(1)) * unit)
+
+
+def _fmt_db(x: float) -> str:
+    return "exact" if x == float("inf") else f"{x:.1f}"
