@@ -28,6 +28,7 @@ import httpx
 from quantstudy.bench.roofline_constants import USE_CASES
 from quantstudy.data.windows import prose_stream
 from quantstudy.errors import QuantstudyError
+from quantstudy.inference.vllm_engine import stream_events
 
 PROFILES = ("synchronous", "concurrent", "poisson", "throughput")
 
@@ -131,13 +132,7 @@ async def send(client: httpx.AsyncClient, url: str, name: str, req: Request, t_r
                 detail = (await resp.aread()).decode("utf-8", "replace").strip().splitlines()
                 res.error = f"HTTP {resp.status_code}: {(detail[0] if detail else '')[:200]}"
                 return res
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
+            async for chunk in stream_events(resp):
                 if chunk.get("choices"):  # token chunk; the usage-only chunk has none
                     last = time.perf_counter()
                     first = first or last

@@ -2,10 +2,13 @@
 server, so accuracy is measured on the kernels a deployment runs.
 
 Every request is tokenized here with lm-eval's rules (`lmeval_tokens`) and sent as token ids,
-so the served and the in-process engine score identical ids. What each request becomes:
+so the served and the in-process engine score identical ids. vLLM's extensions are used where
+they exist (`logprob_token_ids`, `return_token_ids`, `prompt_logprobs`); against another
+OpenAI-compatible endpoint the first two fall back to echo requests and the returned text,
+and windows (perplexity, KL) need `prompt_logprobs`. What each request becomes:
 
-- log-likelihood, continuation of several tokens: the whole sequence as the prompt with
-  prompt log-probabilities (what lm-eval's `local-completions` asks with `echo`), the
+- log-likelihood, continuation of several tokens: the whole sequence as the prompt, echoed with
+  top-1 log-probabilities -- exactly lm-eval's `local-completions` request -- the
   continuation's summed and checked against the top-1 at each position;
 - log-likelihood, continuation of one token (MMLU's " A".." D", any one-token option): one
   request per context, generating one token with `logprob_token_ids` = the options' ids. The
@@ -178,37 +181,52 @@ class VLLMEngine:
             else:
                 multis.append((ctx, cont))
 
+        unanswered: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
         def on_single(body, data):
             ctx = tuple(body["prompt"])
             lp = data["choices"][0]["logprobs"]
             scores = {_token_id(k): v for k, v in lp["top_logprobs"][0].items()}
             chosen = _token_id(lp["tokens"][0])
             for t in body["logprob_token_ids"]:
-                answers[(ctx, (t,))] = Loglik(float(scores[t]), chosen == t, 1)
+                if t in scores:
+                    answers[(ctx, (t,))] = Loglik(float(scores[t]), chosen == t, 1)
+                else:   # an endpoint without vLLM's logprob_token_ids: the prompt-log-probability path
+                    unanswered.append((ctx, (t,)))
 
         def on_multi(body, data):
+            """lm-eval's `parse_logprobs`: the continuation's token log-probabilities summed, greedy
+            when each is the largest of its position's top-1 (ties count as greedy)."""
             for seq, n_cont, choice in zip(body["prompt"], body["_cont"], sorted(data["choices"], key=lambda c: c["index"])):
-                positions = choice["prompt_logprobs"][len(seq) - n_cont:]
-                total, greedy = 0.0, True
-                for tok, entry in zip(seq[len(seq) - n_cont:], positions):
-                    scored = {int(k): v["logprob"] for k, v in entry.items()}
-                    total += scored[tok]
-                    greedy = greedy and scored[tok] >= max(scored.values())
-                answers[(tuple(seq[:len(seq) - n_cont]), tuple(seq[len(seq) - n_cont:]))] = Loglik(total, greedy, n_cont)
+                n_ctx = len(seq) - n_cont
+                lp = choice["logprobs"]
+                values = lp["token_logprobs"][n_ctx:n_ctx + n_cont]
+                tops = lp["top_logprobs"][n_ctx:n_ctx + n_cont]
+                greedy = all(v >= max(top.values()) for v, top in zip(values, tops))
+                answers[(tuple(seq[:n_ctx]), tuple(seq[n_ctx:]))] = Loglik(float(sum(values)), greedy, n_cont)
 
         ctxs = list(singles)
         single_calls = [[{"prompt": list(ctxs[i]), "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
                           "logprob_token_ids": sorted(singles[ctxs[i]]), "return_tokens_as_token_ids": True}
                          for i in g] for g in shared_prefix_groups([list(c) for c in ctxs])]
         multis.sort(key=lambda p: -(len(p[0]) + len(p[1])))   # similar lengths share a call
-        multi_calls = []
-        for s in range(0, len(multis), self.prompts_per_call):
-            chunk = multis[s:s + self.prompts_per_call]
-            multi_calls.append([{"prompt": [list(c) + list(x) for c, x in chunk], "_cont": [len(x) for _, x in chunk],
-                                 "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1}])
+        multi_calls = [[self._echo_body(multis[s:s + self.prompts_per_call])]
+                       for s in range(0, len(multis), self.prompts_per_call)]
         self._run(single_calls + multi_calls, lambda b, d: (on_multi if "_cont" in b else on_single)(b, d),
                   "loglikelihood", len(ctxs) + len(multis))
+        if unanswered:
+            self._run([[self._echo_body(unanswered[s:s + self.prompts_per_call])]
+                       for s in range(0, len(unanswered), self.prompts_per_call)], on_multi, "loglikelihood",
+                      len(unanswered))
         return [answers[(tuple(c), tuple(x))] for c, x in pairs]
+
+    @staticmethod
+    def _echo_body(pairs) -> dict:
+        """Whole sequences scored by their prompt log-probabilities: lm-eval's `local-completions`
+        request (echo, top-1 log-probabilities, one generated token), which any OpenAI
+        completions endpoint answers."""
+        return {"prompt": [list(c) + list(x) for c, x in pairs], "_cont": [len(x) for _, x in pairs],
+                "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": True}
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -230,10 +248,17 @@ class VLLMEngine:
             return {**b, "_index": i}
 
         def on_done(b, data):
+            request = requests[b["_index"]]
+            if not data["token_ids"] and data["text"]:   # an endpoint without vLLM's return_token_ids
+                text = data["text"]
+                cut = min((text.find(x) for x in request.stop if x and x in text), default=len(text))
+                n = len(self.tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+                results[b["_index"]] = Generation(text[:cut], n, None)
+                return
             tokens = list(data["token_ids"])
             while tokens and tokens[-1] in self.tokens.eos_ids:
                 tokens.pop()
-            results[b["_index"]] = self.tokens.finish(tokens, requests[b["_index"]].stop)
+            results[b["_index"]] = self.tokens.finish(tokens, request.stop)
 
         groups = [[body(i) for i in g] for g in shared_prefix_groups(prompts)]
         self._run(groups, on_done, "generate", len(requests))
