@@ -54,7 +54,8 @@ def one_line_errors(fn):
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=err_console, transient=True)
+                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=err_console, transient=True,
+                    disable=not err_console.is_terminal)
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

@@ -63,7 +63,7 @@ def evaluate(
                             prefix_cache=prefix_cache)
     plan = _serve_plan(model, variant, engine, url, vllm_python)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
+                  console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         report = evaluate_models(model, variant, settings, store, progress=progress, plan=plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

@@ -207,7 +207,8 @@ def run_compare_cli(model: str, variants: Sequence[str | Path], store: str | Pat
 
     console = console or Console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+                  console=Console(stderr=True), transient=True,
+                  disable=not Console(stderr=True).is_terminal) as progress:
         report = compare_models(model, variants, store, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
                                 progress=progress, dtype=dtype, batch_size=batch_size,
                                 n_examples=max(examples, 5), plan=plan)
