@@ -18,6 +18,7 @@ a time, the noise floor a quantization effect must clear (`served.py` in this pa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from transformers import AutoTokenizer
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate import summary
-from quantstudy.evaluate.registry import EvalContext, get_task
+from quantstudy.evaluate.registry import get_task
+from quantstudy.evaluate.scoring import make_context, score_tasks
 from quantstudy.evaluate import fidelity
 from quantstudy.evaluate.served_runs import FIDELITY_VERSION, ServedRuns
 from quantstudy.inference.hf_engine import HFEngine
@@ -33,7 +35,6 @@ from quantstudy.inference.loading import load_for_inference, load_model
 from quantstudy.inference.served import inprocess_record
 from quantstudy.store import ResultStore
 
-CHUNK = 32   # items per store transaction
 ENGINES = ("hf", "vllm", "auto")
 
 
@@ -81,42 +82,6 @@ class ServePlan:
 def _max_context(model, tokenizer) -> int:
     n = getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
     return int(min(n, 1 << 17))
-
-
-def make_context(tokenizer, settings: EvalSettings, max_context: int, baseline_engine=None) -> EvalContext:
-    return EvalContext(tokenizer=tokenizer, baseline_engine=baseline_engine, limit=settings.limit,
-                       seed=settings.seed, chat=settings.chat, max_context=max_context,
-                       ppl_seq_len=settings.ppl_seq_len, batch_size=min(settings.batch_size, 8))
-
-
-def score_tasks(store: ResultStore, key: str, engine, ctx: EvalContext, tasks, progress=None,
-                label: str = "") -> dict[str, list]:
-    """Every task's items for one model on one engine: stored ones read back, missing ones
-    computed and stored."""
-    out = {}
-    for name in tasks:
-        spec = get_task(name)
-        if spec.needs_baseline and ctx.baseline_engine is None:
-            continue
-        version = spec.version_for(ctx)
-        items = spec.load(ctx)
-        ids = [spec.item_id(item) for item in items]
-        if len(set(ids)) != len(ids):
-            raise QuantstudyError(f"task {name}: item ids are not unique")
-        done = store.done_items(key, name, version)
-        todo = [item for item, i in zip(items, ids) if i not in done]
-        bar = progress.add_task(f"{label}{name}", total=len(items), completed=len(items) - len(todo)) if progress else None
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
-            store.put_items(key, version, spec.run(engine, chunk, ctx))
-            if progress:
-                progress.advance(bar, len(chunk))
-        if progress:
-            progress.remove_task(bar)
-        out[name] = store.get_items(key, name, version, ids)
-        if len(out[name]) != len(ids):
-            raise QuantstudyError(f"task {name}: {len(ids) - len(out[name])} items missing after scoring")
-    return out
 
 
 def run_model(store: ResultStore, key: str, model, tokenizer, settings: EvalSettings, baseline_engine=None,
@@ -182,7 +147,7 @@ def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSet
         plan = ServePlan()
     elif settings.engine == "vllm":
         refused = {n: r for n, r in plan.served.items() if r is not True and n in ["baseline", *names]}
-        plan.served = {n: True for n in ["baseline", *names]}
+        plan = dataclasses.replace(plan, served={n: True for n in ["baseline", *names]})
         if refused:
             raise QuantstudyError("--engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items())
                                   + " (use --engine auto to evaluate those in process)")
@@ -213,9 +178,7 @@ def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSet
                 variant = load_for_inference(folder, settings.dtype)
                 model = variant.load()
                 key = f"{store.fingerprint(folder)}:{variant.how}:{settings.dtype}"
-                engine = HFEngine(model, tokenizer, batch_size=settings.batch_size, progress=False)
-                ctx = make_context(tokenizer, settings, max_context, base_engine)
-                results[f"{name}@hf"] = score_tasks(store, key, engine, ctx, settings.tasks, progress)
+                results[f"{name}@hf"], engine = run_model(store, key, model, tokenizer, settings, base_engine, progress)
                 engines[f"{name}@hf"] = inprocess_record(variant.how, settings.dtype).to_dict()
                 models[name] = {"ref": str(folder), "key": key, "scheme": variant.scheme.label if variant.scheme else None}
                 if served is not None and plan.serves(name):

@@ -23,6 +23,7 @@ import torch
 
 from quantstudy.evaluate import fidelity, stats
 from quantstudy.evaluate.registry import get_task, heldout_window_items
+from quantstudy.evaluate.scoring import make_context, score_tasks
 from quantstudy.inference.requests import WindowScores
 from quantstudy.inference.served import served
 from quantstudy.inference.vllm_engine import TOP_K
@@ -59,13 +60,9 @@ class ServedRuns:
     # ---- serving ---------------------------------------------------------------------------
 
     def _context(self, baseline_engine=None):
-        from quantstudy.evaluate.runner import make_context
-
         return make_context(self.tokenizer, self.settings, self.max_context, baseline_engine)
 
     def run(self, names: list[str]) -> None:
-        from quantstudy.evaluate.runner import score_tasks
-
         for name in names:
             folder = self.folders[name]
             with served(folder, self.tokenizer, url=self.plan.urls.get(name), python=self.plan.python,
