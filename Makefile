@@ -32,7 +32,8 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 # The paper's study on the embedded model (quantize 5 variants, evaluate, compare, bench on
-# vLLM, predict, recommend, report): ~25 min on 2 cores. A rerun reuses every finished job.
+# vLLM, predict, recommend, report): ~40 min on 2 cores (evaluation served by vLLM and in process;
+# an emulated-FP8 bench of ~12 min on CPUs without FP8). A rerun reuses every finished job.
 # Where Chromium is installed, the report is then opened headless and checked section by section.
 study: install vllm-env
 	$(BIN)/quantstudy study --out runs/study

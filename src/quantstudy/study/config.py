@@ -6,7 +6,8 @@ can be `false` to skip them. Every error names the file, the line and the field
 
 Defaults reproduce the paper's grid (BF16; W8A8-FP8 by RTN; W8A8-INT8 by SmoothQuant 0.8 +
 GPTQ; W4A16 by GPTQ, AWQ and RTN) with limits sized so the whole study, vLLM bench
-included, runs in under 30 minutes on a 2-core CPU (about 18 minutes when the cores are idle).
+included, runs in about 40 minutes on a 2-core CPU (2026-12-05, v0.4.0: served evaluation with its
+in-process twins ~14 min, an emulated-FP8 bench ~12 min on a CPU without FP8 units).
 """
 
 from __future__ import annotations
