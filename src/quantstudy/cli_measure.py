@@ -77,7 +77,8 @@ def evaluate(
 
 
 def _serve_plan(model: str, variants: list[Path], engine: str, urls: list[str], vllm_python: Optional[str]):
-    """Which models the served engine takes (engine auto/vllm), from this machine's preflight."""
+    """Which models the served engine takes (engine auto/vllm), from this machine's preflight;
+    `--engine vllm` with a model it cannot serve is a one-line error here, before any work."""
     from quantstudy.evaluate.runner import ServePlan
 
     names = [Path(v).name for v in variants]
@@ -93,10 +94,7 @@ def _serve_plan(model: str, variants: list[Path], engine: str, urls: list[str], 
     from quantstudy.models import resolve_model
 
     pairs = [("baseline", resolve_model(model)), *zip(names, variants)]
-    served = serving_plan([(n, f) for n, f in pairs if n not in endpoints], python=vllm_python) if len(endpoints) < len(pairs) else {}
-    served.update({n: True for n in endpoints})
-    if engine == "auto" and not any(served.get(n) is True for n in names):
-        served["baseline"] = "no variant is served here, so neither is the baseline"
+    served = serving_plan(pairs, engine, python=vllm_python, attached=list(endpoints))
     return ServePlan(served=served, urls=endpoints, python=vllm_python)
 
 
@@ -172,10 +170,6 @@ def compare(
     if engine not in ("hf", "vllm", "auto"):
         raise QuantstudyError(f"--engine must be one of hf, vllm, auto, not {engine!r}")
     plan = _serve_plan(model, variant, engine, url, vllm_python)
-    if engine == "vllm":
-        refused = {n: r for n, r in plan.served.items() if r is not True}
-        if refused:
-            raise QuantstudyError("--engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items()))
     run_compare_cli(model, variant, store=store, limit=limit, max_new_tokens=max_new_tokens, seed=seed, out=out,
                     examples=examples, batch_size=batch_size, console=console, plan=plan)
 

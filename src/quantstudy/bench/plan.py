@@ -103,29 +103,43 @@ def execute(run: PlannedRun, use_cases: Sequence[str], scale: float = 1.0, concu
                      max_output_tokens=run.max_output_tokens, warmup_tokens=1 if run.max_output_tokens else 8)
 
 
-def serving_plan(models: Sequence[tuple[str, str | os.PathLike]], hardware: GPU | None = None,
-                 python=None) -> dict[str, bool | str]:
+def serving_plan(models: Sequence[tuple[str, str | os.PathLike]], engine: str = "auto", hardware: GPU | None = None,
+                 python=None, attached: Sequence[str] = ()) -> dict[str, bool | str]:
     """For evaluation on the served engine: per model True where vLLM runs its format here at
     the format's own speed, else the reason it is evaluated in process. A CPU's fallback is
     emulation (FP8: 20-75x slower than BF16, too slow to score thousands of requests); a GPU's
     fallback (FP8 weight-only Marlin on an A100) is what that card deploys, so it is served and
-    its record says which kernel ran."""
-    from quantstudy.inference.vllm_server import vllm_python_command
+    its record says which kernel ran. `models` starts with the baseline; `attached` names models
+    someone else serves (always served). `engine` 'auto' serves the baseline only when a variant
+    is served; 'vllm' refuses, in one line, a plan with a model it cannot serve."""
+    out: dict[str, bool | str] = {name: True for name, _ in models if name in attached}
+    own = [(name, folder) for name, folder in models if name not in attached]
+    reason = None
+    if own:
+        from quantstudy.inference.vllm_server import vllm_python_command
 
-    try:
-        vllm_python_command(python)
-    except QuantstudyError as exc:
-        return {name: str(exc) for name, _ in models}
-    hardware = hardware or local_hardware()
-    out: dict[str, bool | str] = {}
-    for name, folder in models:
+        try:
+            vllm_python_command(python)
+        except QuantstudyError as exc:
+            reason = str(exc)
+    if own and reason is None:
+        hardware = hardware or local_hardware()
+    for name, folder in own:
         fmt = checkpoint_format(folder)
-        if fmt not in FORMATS:
+        if reason is not None:
+            out[name] = reason
+        elif fmt not in FORMATS:
             out[name] = True   # no rule: let the engine try (its kernel record says what ran)
-            continue
-        support = preflight(fmt, hardware)
-        if support.status == "refused" or (support.status == "fallback" and hardware.is_cpu):
-            out[name] = f"{fmt} is not served on {hardware.name}: {support.reason}"
         else:
-            out[name] = True
-    return out
+            support = preflight(fmt, hardware)
+            served = not (support.status == "refused" or (support.status == "fallback" and hardware.is_cpu))
+            out[name] = True if served else f"{fmt} is not served on {hardware.name}: {support.reason}"
+    baseline = models[0][0]
+    if engine == "auto" and not any(v is True for n, v in out.items() if n != baseline):
+        out[baseline] = "no variant is served here, so neither is the baseline"
+    if engine == "vllm":
+        refused = {n: r for n, r in out.items() if r is not True}
+        if refused:
+            raise QuantstudyError("engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items())
+                                  + " (engine auto evaluates those in process)")
+    return {name: out[name] for name, _ in models}

@@ -130,10 +130,9 @@ class FidelitySummary:
     n: int
     prefill: dict            # metric -> {"mean", "ci"}
     decode: dict
-    kl_exact: bool           # False: KL is the top-k lower bound (one side served)
 
 
-def summarize(items: list[ItemResult], seed: int = 0, kl_exact: bool = False) -> FidelitySummary | None:
+def summarize(items: list[ItemResult], seed: int = 0) -> FidelitySummary | None:
     if not items:
         return None
     parts = {}
@@ -147,7 +146,7 @@ def summarize(items: list[ItemResult], seed: int = 0, kl_exact: bool = False) ->
             idx = bootstrap.indices(len(values), bootstrap.N_BOOTSTRAP, seed)
             stats[m] = {"mean": float(values.mean()), "ci": list(bootstrap.interval(values[idx].mean(1)))}
         parts[part] = stats
-    return FidelitySummary(len(items), parts["prefill"], parts["decode"], kl_exact)
+    return FidelitySummary(len(items), parts["prefill"], parts["decode"])
 
 
 def flip_rate(a: list[ItemResult], b: list[ItemResult]) -> float | None:

@@ -18,6 +18,11 @@ from __future__ import annotations
 from quantstudy.inference.requests import Generation, LoglikRequest
 
 
+def stop_index(text: str, stop: tuple[str, ...]) -> int:
+    """Where lm-eval cuts a generation: the earliest stop string's position, -1 for none."""
+    return min((text.find(s) for s in stop if s and s in text), default=-1)
+
+
 class LmEvalTokens:
     def __init__(self, tokenizer, extra_eos: tuple[int, ...] = ()):
         self.tokenizer = tokenizer
@@ -85,7 +90,7 @@ class LmEvalTokens:
     def finish(self, tokens: list[int], stop: tuple[str, ...]) -> Generation:
         """The generation as lm-eval reports it: cut at the earliest stop string."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+        cut = stop_index(text, stop)
         if cut < 0:
             return Generation(text, len(tokens), tuple(tokens))
         text = text[:cut]

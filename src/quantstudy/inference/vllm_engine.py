@@ -33,14 +33,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import torch
 from tqdm.auto import tqdm
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.inference.lmeval_tokens import LmEvalTokens
+from quantstudy.inference.lmeval_tokens import LmEvalTokens, stop_index
 from quantstudy.inference.requests import GenerateRequest, Generation, Loglik, LoglikRequest, WindowScores
 
 TOP_K = 20          # log-probabilities per position a server returns by default (vLLM's --max-logprobs)
@@ -78,12 +77,6 @@ def shared_prefix_groups(prompts: list[list[int]], block: int = PREFIX_BLOCK) ->
                 continue
         groups.append([i])
     return groups
-
-
-@dataclass
-class _Call:
-    body: dict
-    group: int
 
 
 class VLLMEngine:
@@ -251,9 +244,10 @@ class VLLMEngine:
             request = requests[b["_index"]]
             if not data["token_ids"] and data["text"]:   # an endpoint without vLLM's return_token_ids
                 text = data["text"]
-                cut = min((text.find(x) for x in request.stop if x and x in text), default=len(text))
-                n = len(self.tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
-                results[b["_index"]] = Generation(text[:cut], n, None)
+                cut = stop_index(text, request.stop)
+                text = text if cut < 0 else text[:cut]
+                n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                results[b["_index"]] = Generation(text, n, None)
                 return
             tokens = list(data["token_ids"])
             while tokens and tokens[-1] in self.tokens.eos_ids:

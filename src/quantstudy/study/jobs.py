@@ -202,14 +202,7 @@ def served_identity(cfg, models: list[tuple[str, Path]]) -> dict:
     from quantstudy.hardware import cpu_model
 
     python = cfg.bench.vllm_python if cfg.bench else None
-    served = serving_plan(models, python=python)
-    if cfg.engine == "auto" and not any(v is True for n, v in served.items() if n != BASELINE):
-        served[BASELINE] = "no variant is served here, so neither is the baseline"
-    if cfg.engine == "vllm":
-        refused = {n: r for n, r in served.items() if r is not True}
-        if refused:
-            raise QuantstudyError("engine vllm cannot serve " + "; ".join(f"{n}: {r}" for n, r in refused.items())
-                                  + " (use engine: auto to evaluate those in process)")
+    served = serving_plan(models, cfg.engine, python=python)
     return {"served": served, "host": platform.node(), "cpu": cpu_model(), "python": python}
 
 
