@@ -112,3 +112,37 @@ def test_bad_recipe_options(tmp_path, args, message):
     _one_line_error(runner.invoke(app, ["quantize", "--scheme", "w8a8-int8", "--out", str(tmp_path / "x"), *args],
                                   env={"COLUMNS": "300"}), message)
     assert not (tmp_path / "x").exists()
+
+
+def _piped(*args):
+    """The command as a script runs it: stdout a pipe, not a terminal, and a narrow COLUMNS."""
+    env = {**os.environ, "COLUMNS": "60"}
+    env.pop("FORCE_COLOR", None)
+    return subprocess.run([sys.executable, "-m", "quantstudy.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_piped_tables_print_every_name_whole_and_json_parses():
+    from quantstudy.schemes import PRESETS
+
+    table = _piped("schemes")
+    assert table.returncode == 0 and "…" not in table.stdout
+    for name in PRESETS:
+        assert f" {name} " in table.stdout, name
+    listed = json.loads(_piped("schemes", "--json").stdout)
+    assert [row["name"] for row in listed] == list(PRESETS)
+    predicted = _piped("predict", "--gpu", "a6000,h100", "--format", "bf16,w8a8-int8,w4a16")
+    assert predicted.returncode == 0 and "…" not in predicted.stdout and "w8a8-int8" in predicted.stdout
+    rows = json.loads(_piped("predict", "--gpu", "a6000,h100", "--format", "bf16,w8a8-int8,w4a16", "--json").stdout)
+    assert {(r["fmt"], r["hardware"]) for r in rows} >= {("w8a8-int8", "H100"), ("w4a16", "A6000")} or len(rows) == 12
+
+
+@pytest.mark.slow
+def test_evaluate_piped_and_json(tmp_path):
+    args = ["evaluate", "--tasks", "ppl", "--limit", "2", "--store", str(tmp_path / "s.sqlite"),
+            "--out", str(tmp_path / "e.json")]
+    table = _piped(*args)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "…" not in table.stdout and "recovery % [95% CI]" in table.stdout   # 60 columns asked, all shown
+    report = json.loads(_piped(*args, "--json").stdout)
+    assert report["tasks"]["ppl"]["n"] == 2 and report == json.loads((tmp_path / "e.json").read_text())

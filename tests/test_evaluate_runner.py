@@ -60,3 +60,36 @@ def test_rerun_reads_every_item_from_the_store(int8_variant, tmp_path, monkeypat
 def test_bad_evaluate_arguments_are_one_line_errors(args, message, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--store", str(tmp_path / "s.sqlite"), *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_until_decided_stops_each_task_at_its_decision_and_reruns_from_the_store(int8_variant, tmp_path, monkeypatch):
+    """A low floor INT8 clears early; 100% (INT8 is not bit-identical) it cannot: that task
+    runs to its budget and says how many items would resolve it. The final sample is each
+    task's own, and a rerun computes nothing."""
+    store = tmp_path / "store.sqlite"
+    easy = EvalSettings(tasks=("arc_challenge", "winogrande"), limit=60, until_decided=True, min_recovery=0.5,
+                        round_items=20)
+    report = evaluate_models("smollm2-135m", [int8_variant], easy, store)
+    adaptive = report["adaptive"]
+    assert adaptive["floor"] == 0.5 and adaptive["budget"] == 60 and adaptive["round"] == 20
+    for task, entry in adaptive["tasks"].items():
+        d = entry["variants"]["w8a8-int8"]
+        assert d["decision"] == "meets" and d["items"] == entry["limit"] < 60
+        assert report["tasks"][task]["n"] == entry["limit"]       # the comparison is on the items it took
+    hard = EvalSettings(tasks=("arc_challenge",), limit=40, until_decided=True, min_recovery=1.0, round_items=20)
+    report = evaluate_models("smollm2-135m", [int8_variant], hard, store)
+    d = report["adaptive"]["tasks"]["arc_challenge"]["variants"]["w8a8-int8"]
+    assert report["adaptive"]["tasks"]["arc_challenge"]["limit"] == 40 and report["tasks"]["arc_challenge"]["n"] == 40
+    if d["decision"] == "unresolved":
+        assert d["items_needed"] is None or d["items_needed"] > d["items"]
+
+    calls = []
+    real = registry.get_task
+
+    def counting(name):
+        spec = real(name)
+        return spec.__class__(**{**spec.__dict__, "run": lambda *a, **k: calls.append(name) or spec.run(*a, **k)})
+    monkeypatch.setattr("quantstudy.evaluate.scoring.get_task", counting)
+    again = evaluate_models("smollm2-135m", [int8_variant], easy, store)
+    assert calls == [] and again["adaptive"]["tasks"] == evaluate_models(
+        "smollm2-135m", [int8_variant], easy, store)["adaptive"]["tasks"]

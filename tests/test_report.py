@@ -37,6 +37,8 @@ SHAPE = "llama-3.1-8b"
 # INT4 a little lossier, block-FP8 (refused on Ampere) the most accurate of all.
 VARIANTS = {"w8a8-fp8": ("w8a8-fp8", 0.995, 0.01), "w8a8-int8": ("w8a8-int8", 0.99, 0.012),
             "w4a16": ("w4a16", 0.975, 0.02), "fp8-block": ("fp8-block", 1.0, 0.02)}
+# name -> (per-token KL, P(top-1 agrees)): the fidelity signals, 4-bit far from BF16.
+FIDELITY = {"w8a8-fp8": (0.005, 0.97), "w8a8-int8": (0.008, 0.96), "w4a16": (0.08, 0.85), "fp8-block": (0.004, 0.98)}
 TASKS = {"mmlu": (400, 0.68), "arc_challenge": (300, 0.8), "gsm8k": (250, 0.75), "humaneval": (164, 0.6)}
 SCRIPT = "<script>alert('x')</script>"
 
@@ -45,7 +47,7 @@ def _items(task, correct):
     return [ItemResult(task, f"{task}-{i}", "A" if c else "B", bool(c), float(c)) for i, c in enumerate(correct)]
 
 
-def _evaluate(rng):
+def _evaluate(rng, seed=0):
     results = {BASELINE: {}, **{n: {} for n in VARIANTS}}
     for task, (n, p) in TASKS.items():
         base = rng.random(n) < p
@@ -60,9 +62,10 @@ def _evaluate(rng):
         worse = ll - rng.uniform(0, 5, 40)
         results[name]["ppl"] = [ItemResult("ppl", f"w{i}", "", True, 1.0, loglik=x, tokens=128)
                                 for i, x in enumerate(worse)]
-        results[name]["kl"] = [ItemResult("kl", f"w{i}", "", True, float(rng.random() < 0.97), extra={"kl": 0.01})
+        kl, top1 = FIDELITY[name]
+        results[name]["kl"] = [ItemResult("kl", f"w{i}", "", True, float(rng.random() < top1), extra={"kl": kl})
                                for i in range(40)]
-    report = summary.compare(results, list(VARIANTS), seed=0)
+    report = summary.compare(results, list(VARIANTS), seed=seed)
     report["models"] = {n: {"ref": n} for n in results}
     report["settings"] = {"tasks": list(TASKS), "seed": 0}
     return report
@@ -145,23 +148,65 @@ def _recovery(study, name):
 
 # ---- recommend --------------------------------------------------------------------------------
 
-def test_sync_a6000_picks_w4a16_when_it_meets_the_bar(study):
-    bar = _recovery(study, "w4a16") - 0.001
+def _ci(study, name):
+    return study["evaluate"]["average"][name]["recovery_ci"]
+
+
+def test_sync_a6000_picks_w4a16_where_its_whole_interval_clears_the_bar(study):
+    bar = _ci(study, "w4a16")[0] - 0.001
     rec = recommend(study, {"min_recovery": bar})
     assert rec.chosen == "w4a16"
     c = rec.candidate("w4a16")
+    assert c.evidence == {"average": "meets"} and c.decided_by == "accuracy"
     assert c.source == "predicted" and c.status == "native"   # the bench ran on a CPU, scaled down
     others = [o for o in rec.candidates if o.feasible and o.name != "w4a16"]
     assert all(o.queries_per_usd <= c.queries_per_usd for o in others)
     text = rec.explanation
-    assert "W4A16" in text and f"{c.queries_per_usd:,.0f}" in text and "predicted" in text and "× BF16" in text
-    assert 2 <= text.count(". ") + 1 <= 4
+    lo, hi = (100 * x for x in c.recovery_ci)
+    assert text.startswith(f"W4A16 meets the floor (average {100 * bar:.1f}%) on accuracy: ")   # leads with evidence
+    assert f"[{lo:.1f}, {hi:.1f}]" in text and f"{c.items} items per task" in text
+    assert f"{c.queries_per_usd:,.0f}" in text and "predicted" in text and "× BF16" in text
+
+
+def test_a_point_estimate_inside_its_interval_does_not_decide(study):
+    """A floor inside w4a16's interval: unresolved on accuracy. Its fidelity is far from BF16,
+    so it is ruled out as unresolved (with the items that would resolve it); once its
+    fidelity is close it is chosen on fidelity, and the text says so first."""
+    lo, hi = _ci(study, "w4a16")
+    bar = (lo + hi) / 2 + 0.002            # just above the point: the point alone would fail it
+    rec = recommend(study, {"min_recovery": bar})
+    w4 = rec.candidate("w4a16")
+    assert w4.evidence == {"average": "unresolved"} and not w4.feasible and w4.decided_by == ""
+    assert any("unresolved at" in r and "KL 0.080" in r for r in w4.reasons)
+    assert w4.items_to_resolve["average"] > w4.items
+    assert "unresolved" in rec.explanation and "would resolve" in rec.explanation
+    close = copy.deepcopy(study)
+    close["evaluate"]["tasks"]["kl"]["variants"]["w4a16"].update(kl=0.005, kl_ci=[0.004, 0.006], top1_ci=[0.95, 0.99])
+    rec = recommend(close, {"min_recovery": bar})
+    w4 = rec.candidate("w4a16")
+    assert rec.chosen == "w4a16" and w4.decided_by == "fidelity" and w4.feasible
+    assert rec.explanation.startswith("W4A16's accuracy is unresolved at")
+    assert "KL 0.005 [0.004, 0.006]" in rec.explanation
+
+
+def test_a_noisy_recovery_above_100_is_no_gain_and_never_outranks_a_resolved_one(study):
+    noisy = copy.deepcopy(study)
+    agg = noisy["evaluate"]["average"]["w4a16"]
+    agg.update(recovery=1.06, recovery_ci=[0.95, 1.17])
+    for bar in (0.97, 0.99):
+        rec = recommend(noisy, {"min_recovery": bar})
+        w4 = rec.candidate("w4a16")
+        assert w4.evidence == {"average": "unresolved"} and not w4.feasible
+        resolved = [c.name for c in rec.candidates if c.feasible]
+        assert resolved and all(rec.ranking.index(n) < rec.ranking.index("w4a16") for n in resolved)
+        assert rec.chosen != "w4a16"
+    # On the Pareto front 106% counts as 100%: it cannot dominate BF16 on accuracy.
+    rec = recommend(noisy, {"min_recovery": 0.9})
+    assert "w4a16" in rec.pareto and rec.ranking[0] == rec.chosen
 
 
 def test_a_degraded_perplexity_is_a_caveat_the_accuracy_average_cannot_hide(study):
-    import copy
-
-    bar = _recovery(study, "w4a16") - 0.001
+    bar = _ci(study, "w4a16")[0] - 0.001
     worse = copy.deepcopy(study)
     ppl = worse["evaluate"]["tasks"]["ppl"]["variants"]["w4a16"]
     ppl.update(recovery=0.74, verdict="degraded")
@@ -176,7 +221,7 @@ def test_a_degraded_perplexity_is_a_caveat_the_accuracy_average_cannot_hide(stud
 def test_answers_whose_meaning_moves_are_a_caveat(study):
     moved = copy.deepcopy(study)
     agg = next(v for v in moved["compare"]["variants"] if v["name"] == "w4a16")["aggregates"]
-    bar = _recovery(study, "w4a16") - 0.001
+    bar = _ci(study, "w4a16")[0] - 0.001
     agg["sts"] = {"mean": 0.70, "ci": [0.62, 0.77]}     # whole interval below the paraphrase level
     rec = recommend(moved, {"min_recovery": bar})
     assert rec.chosen == "w4a16" and "meaning moves from BF16's (STS 0.70 [0.62, 0.77]" in rec.explanation
@@ -184,14 +229,15 @@ def test_answers_whose_meaning_moves_are_a_caveat(study):
     assert not any("meaning" in w for w in recommend(moved, {"min_recovery": bar}).candidate("w4a16").warnings)
 
 
-def test_raising_min_recovery_above_w4a16_picks_another_and_names_the_constraint(study):
-    bar = _recovery(study, "w4a16") + 0.001
+def test_a_bar_above_w4a16s_interval_rules_it_out_as_resolved_and_picks_one_that_clears_it(study):
+    bar = _ci(study, "w4a16")[1] + 0.001
     rec = recommend(study, {"min_recovery": bar})
     assert rec.chosen not in (None, "w4a16")
     chosen = rec.candidate(rec.chosen)
-    assert chosen.recovery >= bar
+    assert chosen.recovery_ci[0] >= bar and chosen.decided_by == "accuracy"
     w4 = rec.candidate("w4a16")
-    assert not w4.feasible and any("average recovery" in r for r in w4.reasons)
+    assert not w4.feasible and w4.evidence == {"average": "below"}
+    assert any("average recovery" in r and "is below" in r for r in w4.reasons)
     assert "W4A16" in rec.explanation and "recovery" in rec.explanation and "ruled out" in rec.explanation
 
 
@@ -208,8 +254,8 @@ def test_async_h100_picks_w8a8_where_it_serves_most_per_dollar(study):
     top = [c for c in feasible if c.queries_per_usd >= best * (1 - 1e-6)]
     assert all(_w8a8(c.fmt) for c in top)        # the roofline's own verdict, checked
     assert _w8a8(rec.candidate(rec.chosen).fmt)
-    # FP8 and INT8 tie on Hopper: the tie goes to the higher recovery
-    assert rec.candidate(rec.chosen).recovery == max(c.recovery for c in top)
+    # FP8 and INT8 tie on Hopper: the tie goes to the one closer to BF16 on the resolved signals
+    assert rec.candidate(rec.chosen).fidelity["kl"] == min(c.fidelity["kl"] for c in top)
     assert "async queries/$" in rec.explanation
 
 
@@ -226,21 +272,24 @@ def test_refused_format_is_never_chosen_even_if_cheapest_and_most_accurate(study
 
 
 def test_pareto_front_has_no_dominated_candidate_and_holds_the_choice(study):
+    def r(c):   # recovery as the front sees it: above 100% is no loss, not a gain
+        return min(c.recovery, 1.0)
+
     for dep in ({}, {"hardware": "h100", "mode": "async", "min_recovery": 0.9},
                 {"use_case": "code-completion", "min_recovery": 0.9}):
         rec = recommend(study, dep)
         pts = [c for c in rec.candidates if c.status != "refused" and c.queries_per_usd]
         for name in rec.pareto:
             f = rec.candidate(name)
-            assert not any(o.recovery >= f.recovery and o.queries_per_usd >= f.queries_per_usd
-                           and (o.recovery, o.queries_per_usd) != (f.recovery, f.queries_per_usd) for o in pts)
+            assert not any(r(o) >= r(f) and o.queries_per_usd >= f.queries_per_usd
+                           and (r(o), o.queries_per_usd) != (r(f), f.queries_per_usd) for o in pts)
         for c in pts:  # everything off the front is dominated by something on it
             if c.name not in rec.pareto:
-                assert any(rec.candidate(n).recovery >= c.recovery and rec.candidate(n).queries_per_usd
+                assert any(r(rec.candidate(n)) >= r(c) and rec.candidate(n).queries_per_usd
                            >= c.queries_per_usd for n in rec.pareto)
         chosen = rec.candidate(rec.chosen)
-        dominated = any(o.recovery >= chosen.recovery and o.queries_per_usd >= chosen.queries_per_usd
-                        and (o.recovery, o.queries_per_usd) != (chosen.recovery, chosen.queries_per_usd)
+        dominated = any(r(o) >= r(chosen) and o.queries_per_usd >= chosen.queries_per_usd
+                        and (r(o), o.queries_per_usd) != (r(chosen), chosen.queries_per_usd)
                         for o in pts)
         assert (rec.chosen in rec.pareto) == (not dominated)
         assert pareto_front(rec.candidates) == list(rec.pareto)
@@ -269,8 +318,10 @@ def test_nothing_feasible_says_which_constraint_rules_each_out(study):
 def test_group_constraint_on_code(study):
     rec = recommend(study, {"min_recovery": {"code": 0.999}})
     for c in rec.candidates:
-        code = c.groups["code"]["recovery"]
-        assert c.feasible == (code >= 0.999) or c.status == "refused"
+        lo, hi = c.groups["code"]["ci"]
+        assert c.evidence["code"] == ("meets" if lo >= 0.999 else "below" if hi < 0.999 else "unresolved")
+        if c.status != "refused":   # w4a16 straddles 99.9% and its KL is far from BF16's
+            assert c.feasible == (lo >= 0.999)
     assert rec.candidate(BASELINE).groups["code"]["recovery"] == 1.0
 
 
@@ -289,7 +340,7 @@ def _section(page, key):
 
 def test_html_has_every_section_and_one_png_per_plot(built, study):
     page = built["report.html"].read_text()
-    for key in ("model", "variants", "accuracy", "similarity", "performance", "recommendation", "preflight"):
+    for key in ("answer", "model", "variants", "accuracy", "similarity", "performance", "recommendation", "preflight"):
         body = _section(page, key)
         assert re.sub(r"<[^>]+>", "", body).strip() and "Not run in this study" not in body, key
     assert page.count('src="data:image/png;base64,') == 4   # recovery, similarity, latency-throughput, Pareto
@@ -304,6 +355,56 @@ def test_html_has_every_section_and_one_png_per_plot(built, study):
         verdict = paper_observation(next(v for v in study["compare"]["variants"]
                                          if v["name"] == name)["aggregates"])
         assert html.escape(verdict.text.split(" — ")[0]) in sim, name
+
+
+def test_the_report_opens_with_the_answer_in_rows_a_laptop_shows_whole(built, study):
+    page = built["report.html"].read_text()
+    assert page.index('<section id="answer">') < page.index("<section id=")+1   # the first section
+    rec = recommend(study)
+    answer = _section(page, "answer")
+    assert html.escape(rec.explanation) in answer
+    rows = list(csv.DictReader(io.StringIO(built["tables/answer.csv"].read_text())))
+    assert [r["candidate"] for r in rows] == list(rec.ranking) and rows[0]["chosen"] == "True"
+    text_rows = re.findall(r"<tr>(.*?)</tr>", answer)
+    cells = [re.sub(r"<[^>]+>", "", c) for r in text_rows for c in re.findall(r"<td>(.*?)</td>", r)]
+    header = re.findall(r"<th>(.*?)</th>", answer)
+    assert len(header) <= 9 and all(len(html.unescape(c)) <= 28 for c in cells)   # ~110 characters a row
+
+
+def test_notes_are_grouped_by_kind_not_one_line_per_task_and_variant(study):
+    from quantstudy.report.answer import grouped_notes
+    from quantstudy.report.tables import accuracy_notes
+    from quantstudy.results import StudyResults
+
+    small = copy.deepcopy(study)   # 30 items a task: every comparison gets its "wide" / "few items" notes
+    rng = np.random.default_rng(1)
+    results = {BASELINE: {}, "a": {}, "b": {}}
+    for task in ("arc_challenge", "hellaswag"):
+        base = rng.random(30) < 0.5
+        results[BASELINE][task] = _items(task, base)
+        for name in ("a", "b"):
+            results[name][task] = _items(task, np.where(base, rng.random(30) < 0.9, rng.random(30) < 0.1))
+    small["evaluate"] = summary.compare(results, ["a", "b"], seed=0)
+    notes = accuracy_notes(StudyResults.from_json(small))
+    grouped = grouped_notes(notes)
+    assert len(grouped) < len(notes)
+    kinds = [g.split(" — ")[0] for g in grouped]
+    assert len(set(kinds)) == len(kinds)
+    for line in notes:   # every task / variant a note named is still named
+        where = line.split(": ")[0]
+        assert any(where in g for g in grouped)
+
+
+def test_the_decision_does_not_move_with_the_evaluation_seed(study):
+    """The same per-item outcomes, bootstrap seeds 0, 1, 2: three deployments, one decision each."""
+    deployments = ({}, {"hardware": "h100", "mode": "async", "min_recovery": 0.97},
+                   {"use_case": "code-completion", "min_recovery": 0.99})
+    chosen = []
+    for seed in (0, 1, 2):
+        reseeded = copy.deepcopy(study)
+        reseeded["evaluate"] = _evaluate(np.random.default_rng(0), seed=seed)
+        chosen.append([recommend(reseeded, dep).chosen for dep in deployments])
+    assert chosen[0] == chosen[1] == chosen[2] and len(set(chosen[0])) >= 2
 
 
 def test_tables_have_one_row_per_task_and_variant(built, study):

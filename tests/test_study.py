@@ -373,3 +373,39 @@ def test_report_rebuilds_from_the_store_alone(tiny, tmp_path):
     assert json.loads((only / "report" / "results.json").read_text()) == json.loads((out / "results.json").read_text())
     empty = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
     assert empty.exit_code == 2 and "no study folder, store or results file" in empty.output
+
+
+@pytest.mark.slow
+def test_recommend_answers_other_deployments_from_the_store(tiny):
+    """`quantstudy recommend`: the study's own deployment gives the report's decision; three
+    other deployments give three stated decisions, each the cheapest candidate meeting the
+    floor on evidence, with hardware the study never predicted computed on the fly."""
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    _, out, _ = tiny
+    stored = json.loads((out / "results.json").read_text())["recommendation"]
+    same = CliRunner().invoke(app, ["recommend", str(out), "--json"])
+    assert same.exit_code == 0, same.output
+    assert {k: json.loads(same.stdout)[k] for k in ("chosen", "ranking", "explanation")} == \
+        {k: stored[k] for k in ("chosen", "ranking", "explanation")}
+    for args in (["--hardware", "h100", "--mode", "async"],
+                 ["--hardware", "b200", "--use-case", "code-completion", "--min-recovery", "0.9"],
+                 ["--hardware", "a6000", "--latency-slo", "0.000001"]):
+        got = CliRunner().invoke(app, ["recommend", str(out), *args, "--json"])
+        assert got.exit_code == 0, got.output
+        rec = json.loads(got.stdout)
+        assert rec["deployment"]["hardware"] == args[1] and rec["explanation"]
+        feasible = [c for c in rec["candidates"] if c["feasible"]]
+        if rec["chosen"] is None:
+            assert not feasible and all(c["reasons"] for c in rec["candidates"]) and "SLO" in rec["explanation"]
+            continue
+        chosen = next(c for c in rec["candidates"] if c["name"] == rec["chosen"])
+        assert chosen["feasible"] and chosen["decided_by"] in ("accuracy", "fidelity")
+        assert all(c["queries_per_usd"] <= chosen["queries_per_usd"] * (1 + 1e-6) for c in feasible)
+        assert rec["ranking"][0] == rec["chosen"]
+    table = CliRunner().invoke(app, ["recommend", str(out), "--hardware", "h100"])
+    assert table.exit_code == 0 and "decision" in table.stdout and "meets" in table.stdout
+    bad = CliRunner().invoke(app, ["recommend", str(out), "--hardware", "tpu-v9"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) <= 2

@@ -16,28 +16,35 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from quantstudy.cli_common import (_fmt_db, _progress, app, console, err_console, one_line_errors,  # noqa: F401
-                                   parse_bytes)
+from quantstudy.cli_common import (JSON_HELP, _fmt_db, _progress, app, console, err_console,  # noqa: F401
+                                   one_line_errors, parse_bytes, print_json)
 from quantstudy.errors import QuantstudyError
 
 @app.command()
 @one_line_errors
-def schemes() -> None:
+def schemes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the named quantization presets."""
     from quantstudy.schemes import PRESETS
 
-    table = Table(title="quantization presets")
-    for col in ("name", "label", "weights", "activations", "skips"):
-        table.add_column(col, no_wrap=True)
+    rows = []
     for s in PRESETS.values():
         w = s.weights
         gran = {"group": f"g{w.group_size}", "block": f"block {w.block[0]}x{w.block[1]}" if w.block else ""}.get(
             w.strategy.value, w.strategy.value)
-        weights = f"{w.type.value}{w.num_bits} {'sym' if w.symmetric else 'asym'} {gran}"
         a = s.activations
-        acts = "16-bit" if a is None else f"{a.type.value}{a.num_bits} dynamic per {a.strategy.value}" + (
-            f" {a.group_size}" if a.group_size else "")
-        table.add_row(s.name, s.label, weights, acts, ",".join(s.ignore))
+        rows.append({"name": s.name, "label": s.label,
+                     "weights": f"{w.type.value}{w.num_bits} {'sym' if w.symmetric else 'asym'} {gran}",
+                     "activations": "16-bit" if a is None else f"{a.type.value}{a.num_bits} dynamic per "
+                                    f"{a.strategy.value}" + (f" {a.group_size}" if a.group_size else ""),
+                     "skips": ",".join(s.ignore)})
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="quantization presets")
+    for col in rows[0]:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*row.values())
     console.print(table)
 
 
@@ -116,7 +123,8 @@ def quantize(
 
 @app.command()
 @one_line_errors
-def info(path: Path = typer.Argument(..., help="A compressed-tensors checkpoint folder.")) -> None:
+def info(path: Path = typer.Argument(..., help="A compressed-tensors checkpoint folder."),
+         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Print what a quantized checkpoint holds: scheme, format, layers, size, recipe."""
     from quantstudy.models.checkpoint import read_checkpoint_info
 
@@ -144,6 +152,9 @@ def info(path: Path = typer.Argument(..., help="A compressed-tensors checkpoint 
     if layers:
         finite = [float(r["sqnr_db"]) for r in layers if math.isfinite(float(r["sqnr_db"]))]
         rows.append(("layer SQNR dB", f"min {min(finite):.1f} / max {max(finite):.1f}" if finite else "exact"))
+    if as_json:
+        print_json(dict(rows))
+        return
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -207,6 +218,64 @@ def report(
         out = out or Path("runs/study/report")
     paths = build_report(data, out)
     console.print(f"report: {paths['report.html']}")
+
+
+@app.command()
+@one_line_errors
+def recommend(
+    source: Path = typer.Argument(..., help="A study folder (its store is read), a study.sqlite, or a results JSON."),
+    hardware: Optional[str] = typer.Option(None, help="Where to deploy: a6000, a100, l40s, h100, h200, b200 or "
+                                           "cpu; default: the study's deployment. Hardware the study did not "
+                                           "predict is predicted now (roofline)."),
+    mode: Optional[str] = typer.Option(None, help="sync (one request at a time: queries/$ from latency) or async "
+                                       "(under load: queries/$ from throughput)."),
+    use_case: Optional[str] = typer.Option(None, help="One of the paper's seven use cases (default: the study's, "
+                                           "else instruction-following)."),
+    latency_slo: Optional[float] = typer.Option(None, help="Latency limit per query, seconds (p90 where measured)."),
+    min_recovery: Optional[float] = typer.Option(None, help="Accuracy floor as a fraction of BF16 (e.g. 0.98); met "
+                                                 "only where the evidence supports it."),
+    budget: Optional[float] = typer.Option(None, help="Most dollars per hour for the deployment's GPUs."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """A decision for another deployment from a finished study, in about a second: nothing is rerun.
+
+    Reads the study's stored results, applies your constraints, and says what meets the
+    accuracy floor on evidence (the recovery interval above it, or -- where accuracy is
+    unresolved -- KL, top-1 and perplexity close to BF16), what it costs, and why the others
+    lose."""
+    from quantstudy.recommend import recommend as decide
+    from quantstudy.recommend.costs import with_predictions
+    from quantstudy.recommend.table import candidates_table
+    from quantstudy.results import load_results
+    from quantstudy.study.run import stored_results
+
+    if source.is_dir() or source.suffix == ".sqlite":
+        results = stored_results(source)
+    elif source.is_file():
+        results = load_results(source)
+    else:
+        raise QuantstudyError(f"no study folder, store or results file at {source}")
+    override = {k: v for k, v in {"hardware": hardware, "mode": mode, "use_case": use_case,
+                                  "latency_slo_s": latency_slo, "min_recovery": min_recovery,
+                                  "budget_usd_per_hour": budget}.items() if v is not None}
+    if min_recovery is not None and not 0 < min_recovery <= 1.5:
+        raise QuantstudyError(f"--min-recovery is a fraction of BF16's accuracy (e.g. 0.98), not {min_recovery}")
+    dep = {**(vars(results.deployment) if results.deployment else {}), **override}
+    if dep.get("hardware"):
+        from quantstudy.bench.roofline_constants import USE_CASES
+
+        case = dep.get("use_case") or "instruction-following"
+        if case not in USE_CASES:
+            raise QuantstudyError(f"unknown use case {case!r}; known: {', '.join(USE_CASES)}")
+        results = with_predictions(results, dep["hardware"], case)
+    rec = decide(results, override)
+    if as_json:
+        print_json(rec.to_dict())
+        return
+    console.print(candidates_table(rec))
+    console.print(rec.explanation, highlight=False)
+    for note in rec.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 # The measuring commands register on the same app, after these: --help lists them in pipeline order.

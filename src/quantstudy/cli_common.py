@@ -33,8 +33,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped (not a terminal), tables keep every cell whole: rich would otherwise fit them to 80
+# columns and cut the names a script reads (`quantstudy schemes | cat` printed "w8a8-f…").
+console = Console() if sys.stdout.isatty() else Console(width=100_000)
 err_console = Console(stderr=True)
+JSON_HELP = "Print the result as JSON on stdout instead of tables (for scripts)."
+
+
+def print_json(data) -> None:
+    """JSON on stdout, nothing else: rich's markup and highlighting stay out of it."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
 
 
 def one_line_errors(fn):

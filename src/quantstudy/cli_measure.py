@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from quantstudy.cli_common import app, console, err_console, one_line_errors
+from quantstudy.cli_common import JSON_HELP, app, console, err_console, one_line_errors, print_json
 from quantstudy.errors import QuantstudyError
 
 
@@ -43,6 +43,13 @@ def evaluate(
     prefix_cache: bool = typer.Option(False, "--prefix-cache", help="Served: turn vLLM's prefix cache on (shared "
                                       "few-shot prompts computed once: faster, but in bf16 a score then depends on "
                                       "what the server ran before)."),
+    until_decided: bool = typer.Option(False, "--until-decided", help="Score the accuracy tasks in rounds "
+                                       "(--round items each, every model on the same new items) and stop a task "
+                                       "once every variant is decided against --min-recovery (group-sequential "
+                                       "test); --limit is then the budget per task (default 1000)."),
+    min_recovery: float = typer.Option(0.99, help="With --until-decided: the recovery floor decided against."),
+    round_items: int = typer.Option(100, "--round", help="With --until-decided: items per task per round."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The report is also written to --out."),
 ) -> None:
     """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
 
@@ -60,13 +67,17 @@ def evaluate(
 
     settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
                             batch_size=batch_size, dtype=dtype, engine=engine, concurrency=concurrency, twin=twin,
-                            prefix_cache=prefix_cache)
+                            prefix_cache=prefix_cache, until_decided=until_decided, min_recovery=min_recovery,
+                            round_items=round_items)
     plan = _serve_plan(model, variant, engine, url, vllm_python)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         report = evaluate_models(model, variant, settings, store, progress=progress, plan=plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
+    if as_json:
+        print_json(report)
+        return
     table, notes = evaluation_table(report)
     console.print(table)
     if report.get("served"):
@@ -108,6 +119,7 @@ def predict(
     format_: str = typer.Option("bf16,w8a8-fp8,w8a8-int8,w4a16", "--format", help="Comma-separated formats."),
     use_case: str = typer.Option("code-completion,instruction-following",
                                  help="Comma-separated use cases, or 'all' (the paper's seven)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Predict serving latency, throughput, GPU count and queries per dollar with the roofline model.
 
@@ -131,6 +143,14 @@ def predict(
     unknown = [u for u in cases if u not in USE_CASES]
     if unknown:
         raise QuantstudyError(f"unknown use case {unknown[0]!r}; known: {', '.join(USE_CASES)}")
+    if as_json:
+        import dataclasses
+
+        from quantstudy.bench.cost import cost_table
+
+        print_json([{"shape": model_config, "use_case": case, **dataclasses.asdict(row)}
+                    for case in cases for row in cost_table(shape, formats, hardwares, case)])
+        return
     for case in cases:
         console.print(prediction_table(model_config, shape, formats, hardwares, case))
     for note in preflight_notes(formats, hardwares):
@@ -155,6 +175,7 @@ def compare(
     url: list[str] = typer.Option([], help="NAME=URL: generate NAME ('baseline' or a variant folder's name) on a "
                                   "running OpenAI-compatible server (repeat)."),
     vllm_python: Optional[str] = typer.Option(None, help="Interpreter with vLLM (default: .venv-vllm)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The report is also written to --out."),
 ) -> None:
     """How the variants' generated text differs from the baseline's on open-ended prompts.
 
@@ -170,8 +191,17 @@ def compare(
     if engine not in ("hf", "vllm", "auto"):
         raise QuantstudyError(f"--engine must be one of hf, vllm, auto, not {engine!r}")
     plan = _serve_plan(model, variant, engine, url, vllm_python)
-    run_compare_cli(model, variant, store=store, limit=limit, max_new_tokens=max_new_tokens, seed=seed, out=out,
-                    examples=examples, batch_size=batch_size, console=console, plan=plan)
+    quiet = None
+    if as_json:
+        import io
+
+        from rich.console import Console
+
+        quiet = Console(file=io.StringIO())
+    report = run_compare_cli(model, variant, store=store, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
+                             out=out, examples=examples, batch_size=batch_size, console=quiet or console, plan=plan)
+    if as_json:
+        print_json(report)
 
 
 @app.command()
@@ -195,6 +225,7 @@ def bench(
     slo_ttft: Optional[float] = typer.Option(None, help="Goodput SLO: time to first token, seconds."),
     slo_itl: Optional[float] = typer.Option(None, help="Goodput SLO: inter-token latency, seconds."),
     out: Path = typer.Option(Path("runs/bench.json"), help="Results as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The results are also written to --out."),
 ) -> None:
     """Serving latency and throughput on vLLM for the paper's use cases, per format.
 
@@ -230,5 +261,8 @@ def bench(
                            slo_ttft_s=slo_ttft, slo_itl_s=slo_itl)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
     console.print(bench_table(results))
     console.print(f"results: {out}")

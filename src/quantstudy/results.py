@@ -8,7 +8,8 @@ A study's results are one `StudyResults`: the model, its variants, and each stag
 says in one line when it cannot (another program's JSON, or a newer schema).
 
 Schema versions: 1 -- results.json before this schema was versioned (the same shape, without
-the key; read as is); 2 -- the versioned schema.
+the key; read as is); 2 -- the versioned schema; 3 -- `evaluate.adaptive` (evaluated until
+decided; empty otherwise).
 
 The accessors the consumers share (`measured_points`, `predicted_rows`, `accuracy_of`,
 `group_recovery`) live here, one spelling for each field.
@@ -27,7 +28,7 @@ from quantstudy.evaluate.summary import EvaluationReport
 from quantstudy.hardware import hardware_key
 from quantstudy.serial import from_json, to_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BASELINE = "baseline"
 # Which evaluate tasks make up a task group for per-group recovery constraints.
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
@@ -206,6 +207,29 @@ class StudyResults:
             return None, None
         ci = comps[0].recovery_ci if len(comps) == 1 else None
         return sum(c.variant_mean for c in comps) / base, (tuple(ci) if ci else None)
+
+
+    def fidelity_of(self, name: str) -> dict:
+        """A variant's resolved fidelity signals against the baseline (keys of
+        `recommend.decision.Fidelity`): KL and top-1 agreement from the `kl` task, perplexity
+        recovery from `ppl`, each with its bootstrap interval; absent where not measured."""
+        out = {}
+        for task, e in (self.evaluate.tasks if self.evaluate else {}).items():
+            c = e.variants.get(name)
+            if c is None:
+                continue
+            if e.metric == "divergence":
+                out.update(kl=c.kl, kl_ci=tuple(c.kl_ci), top1=c.top1_agreement, top1_ci=tuple(c.top1_ci))
+            elif e.metric == "perplexity" and c.recovery_ci:
+                out.update(ppl_recovery=c.recovery, ppl_ci=tuple(c.recovery_ci))
+        return out
+
+    def noise_floor(self) -> dict:
+        """The baseline against itself where the study measured it: BF16 served against the
+        in-process baseline (prefill `kl` and `top1` agreement means), else Nones."""
+        engine = ((self.evaluate.served if self.evaluate else {}).get("noise_floor") or {}).get("engine") or {}
+        prefill = (engine.get("fidelity") or {}).get("prefill") or {}
+        return {"kl": (prefill.get("kl") or {}).get("mean"), "top1": (prefill.get("top1") or {}).get("mean")}
 
 
 def load_results(path: str | Path) -> StudyResults:

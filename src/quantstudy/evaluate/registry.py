@@ -8,7 +8,7 @@ modules themselves follow lm-eval's definitions; this file only adapts them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from quantstudy.errors import QuantstudyError
@@ -28,6 +28,7 @@ class EvalContext:
     max_context: int = 2048
     ppl_seq_len: int = 512
     batch_size: int = 8
+    task_limits: dict = field(default_factory=dict)   # task -> its own limit (evaluate until decided)
 
     def apply_chat(self, task: str):
         """The chat-template wrapper for a generative task, or None for a raw prompt."""

@@ -51,6 +51,10 @@ class EvalSettings:
     concurrency: int = 16           # served: requests in flight
     twin: bool = True               # served: also in process, and the served noise floor
     prefix_cache: bool = False      # served: vLLM's prefix cache (faster; scores then depend on what ran before)
+    until_decided: bool = False     # accuracy tasks in rounds until every variant is decided (`adaptive`)
+    min_recovery: float = 0.99      # the floor those decisions are against
+    round_items: int = 100          # items per task per round; `limit` is then the budget per task
+    task_limits: dict = field(default_factory=dict)   # task -> its own limit (set by the rounds)
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -63,6 +67,10 @@ class EvalSettings:
             raise QuantstudyError(f"--concurrency must be at least 1, got {self.concurrency}")
         for name in self.tasks:
             get_task(name)
+        if self.until_decided and self.round_items < 10:
+            raise QuantstudyError(f"--round must be at least 10 items per task, got {self.round_items}")
+        if self.until_decided and not 0.5 <= self.min_recovery <= 1.0:
+            raise QuantstudyError(f"--min-recovery must be between 0.5 and 1, got {self.min_recovery}")
 
 
 @dataclass
@@ -138,8 +146,15 @@ def _check_variants(variant_dirs: list[Path]) -> list[str]:
 
 
 def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSettings, store_path: str | Path,
-                    progress=None, allow_pickle: bool = False, plan: ServePlan | None = None) -> dict:
-    """The evaluate stage: per-item results in the store, comparisons in the returned report."""
+                    progress=None, allow_pickle: bool = False, plan: ServePlan | None = None,
+                    items: dict | None = None) -> dict:
+    """The evaluate stage: per-item results in the store, comparisons in the returned report.
+    `items`, when given, receives every run's per-item results ("name@engine" -> task -> items).
+    With `settings.until_decided` the accuracy tasks run in rounds (`adaptive`)."""
+    if settings.until_decided:
+        from quantstudy.evaluate.adaptive import evaluate_until_decided
+
+        return evaluate_until_decided(baseline, variants, settings, store_path, progress, allow_pickle, plan)
     variant_dirs = [Path(v) for v in variants]
     names = _check_variants(variant_dirs)
     plan = plan or ServePlan()
@@ -194,6 +209,8 @@ def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSet
                     served.keys[run]
             served_report = served.report(results, seed=settings.seed)
     primary = {n: (f"{n}@vllm" if plan.serves(n) else f"{n}@hf") for n in names}
+    if items is not None:
+        items.update(results)
     report = summary.compare_engines(results, primary, seed=settings.seed)
     report["models"] = models
     report["engines"] = engines

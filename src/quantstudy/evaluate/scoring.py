@@ -3,6 +3,8 @@ and the served runs share (`runner`, `served_runs`)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate.registry import EvalContext, get_task
 from quantstudy.store import ResultStore
@@ -14,7 +16,8 @@ def make_context(tokenizer, settings, max_context: int, baseline_engine=None) ->
     """The tasks' context for one model from `runner.EvalSettings`."""
     return EvalContext(tokenizer=tokenizer, baseline_engine=baseline_engine, limit=settings.limit,
                        seed=settings.seed, chat=settings.chat, max_context=max_context,
-                       ppl_seq_len=settings.ppl_seq_len, batch_size=min(settings.batch_size, 8))
+                       ppl_seq_len=settings.ppl_seq_len, batch_size=min(settings.batch_size, 8),
+                       task_limits=dict(settings.task_limits))
 
 
 def score_tasks(store: ResultStore, key: str, engine, ctx: EvalContext, tasks, progress=None,
@@ -22,8 +25,12 @@ def score_tasks(store: ResultStore, key: str, engine, ctx: EvalContext, tasks, p
     """Every task's items for one model on one engine: stored ones read back, missing ones
     computed and stored."""
     out = {}
+    base_ctx = ctx
     for name in tasks:
         spec = get_task(name)
+        # a task evaluated in rounds (until decided) has its own limit
+        ctx = dataclasses.replace(base_ctx, limit=base_ctx.task_limits[name]) if name in base_ctx.task_limits \
+            else base_ctx
         if spec.needs_baseline and ctx.baseline_engine is None:
             continue
         version = spec.version_for(ctx)

@@ -46,6 +46,7 @@ class EvaluationReport:
     primary: dict = field(default_factory=dict)     # variant -> the run its comparison uses
     served: dict = field(default_factory=dict)      # served vs emulated, noise floor (served_runs.report)
     not_served: dict = field(default_factory=dict)  # name -> why it was evaluated in process
+    adaptive: dict = field(default_factory=dict)    # evaluated until decided: items per decision (`adaptive`)
 
     def engine_of(self, variant: str) -> str:
         """'vllm' or 'hf': the engine behind a variant's comparison."""

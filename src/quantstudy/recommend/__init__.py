@@ -5,9 +5,11 @@ Reads only typed study results (`results.StudyResults`); never runs a model. `ca
 judges each candidate against the constraints, `costs` prices it (measured where the bench
 ran it at full size on the deployment's hardware, else predicted), `explain` says why.
 
-The choice is the cheapest per query among the feasible candidates (ties -> higher
-recovery): the paper's framing, where a format that meets the accuracy bar is judged by
-what it costs to serve.
+The choice is the cheapest per query among the feasible candidates (ties -> closer to BF16
+on the resolved signals): the paper's framing, where a format that meets the accuracy bar is
+judged by what it costs to serve. "Meets" is decided on evidence, never on a point estimate
+(`decision`): a recovery interval above the floor, or -- where accuracy is unresolved at the
+study's sample size -- fidelity signals (KL, top-1, perplexity) resolved close to BF16.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.hardware import hardware_key
-from quantstudy.recommend.candidates import Candidate, better, candidate, pareto_front
+from quantstudy.recommend.candidates import Candidate, better, candidate, pareto_front, ranking
 from quantstudy.recommend.explain import explain
 from quantstudy.results import BASELINE, TASK_GROUPS, StudyResults
 
@@ -36,6 +38,7 @@ class Recommendation:
     pareto: tuple[str, ...]
     explanation: str
     notes: tuple[str, ...] = field(default=())
+    ranking: tuple[str, ...] = field(default=())   # every candidate, best first (`candidates.ranking`)
 
     def candidate(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
@@ -93,4 +96,4 @@ def recommend(results: StudyResults | dict, deployment: dict | None = None) -> R
             chosen = c
     dep_out = {**dep, "hardware": hw}
     return Recommendation(dep_out, chosen.name if chosen else None, tuple(cands), tuple(pareto_front(cands)),
-                          explain(chosen, cands, dep_out), tuple(notes))
+                          explain(chosen, cands, dep_out), tuple(notes), tuple(ranking(cands)))

@@ -2,17 +2,21 @@
 
 Candidates are the BF16 baseline and every variant. Each gets an accuracy figure (the
 evaluate stage's recovery of the task average, with its paired-bootstrap interval) and a
-cost figure for the deployment (`costs`). Recovery constraints use the point estimate (the
-paper's convention) and say so when the interval's lower bound falls below the bar.
+cost figure for the deployment (`costs`). A recovery constraint is met only where the
+evidence supports it (`decision`): the interval's lower bound at or above the floor, or --
+where accuracy is unresolved at the study's sample size -- the resolved fidelity signals
+close to the baseline. A point estimate alone never meets or fails a floor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quantstudy.bench.records import PredictedRow
 from quantstudy.compare.verdict import PARAPHRASE_STS, paper_observation
 from quantstudy.recommend.costs import measured_cost, predicted_cost, support_status
+from quantstudy.recommend.decision import (BELOW, MEETS, UNRESOLVED, Fidelity, NoiseFloor, accuracy_evidence,
+                                           fidelity_evidence, items_to_resolve, ranking_recovery)
 from quantstudy.results import BASELINE, StudyResults
 
 # Relative difference under which two queries/$ figures count as a tie (FP8 and INT8 share
@@ -38,8 +42,13 @@ class Candidate:
     usd_per_hour: float | None      # all GPUs of this deployment
     feasible: bool
     reasons: tuple[str, ...]        # why not feasible, one per violated constraint
-    warnings: tuple[str, ...]       # feasible but worth knowing (fallback kernel, interval below the bar)
+    warnings: tuple[str, ...]       # feasible but worth knowing (fallback kernel, decided on fidelity)
     on_front: bool = False
+    evidence: dict = field(default_factory=dict)   # group -> meets | below | unresolved (accuracy alone)
+    decided_by: str = ""            # accuracy | fidelity | "" (the floor is not met)
+    fidelity: dict = field(default_factory=dict)   # the resolved signals: kl, top1, ppl_recovery (+ _ci)
+    items: int | None = None        # items per task behind the accuracy figure
+    items_to_resolve: dict = field(default_factory=dict)   # unresolved group -> items per task that would resolve it
 
 
 def pct(x: float) -> str:
@@ -74,23 +83,51 @@ def candidate(name: str, fmt: str, label: str, results: StudyResults, dep: dict,
             warnings.append("latency under load is not predicted; only a lone request's was checked against the SLO")
     if cost and budget is not None and cost.usd_per_hour > budget:
         reasons.append(f"${cost.usd_per_hour:.2f}/h on {cost.gpus} GPU(s) > budget ${budget:g}/h")
-    groups = {}
+    groups, evidence, to_resolve = {}, {}, {}
+    items = _items(name, results)
+    fid = results.fidelity_of(name) if name != BASELINE else {}
+    unresolved = []
     for group, bar in dep["min_recovery"].items():
         point, gci = (rec, ci) if group == "average" else results.group_recovery(name, group)
         groups[group] = {"recovery": point, "ci": list(gci) if gci else None}
         what = "average recovery" if group == "average" else f"{group} recovery"
+        evidence[group] = accuracy_evidence(gci, bar) if point is not None else UNRESOLVED
         if point is None:
             reasons.append(f"no {what} measured")
-        elif point < bar:
-            reasons.append(f"{what} {pct(point)} < {pct(bar)}")
-        elif gci and gci[0] < bar:
-            warnings.append(f"{what} {pct(point)} meets {pct(bar)} but its 95% interval reaches down to "
-                            f"{pct(gci[0])}")
+        elif evidence[group] == BELOW:
+            reasons.append(f"{what} {_with_ci(point, gci)} is below {pct(bar)} (resolved: the whole interval)")
+        elif evidence[group] == UNRESOLVED:
+            unresolved.append(f"{what} {_with_ci(point, gci)}")
+            to_resolve[group] = items_to_resolve(point, gci, bar, items)
+    decided_by = "accuracy" if all(e == MEETS for e in evidence.values()) else ""
+    # Fall back on fidelity only where nothing is resolved below a floor and every group was measured.
+    if unresolved and len(unresolved) == sum(e == UNRESOLVED for e in evidence.values()) \
+            and BELOW not in evidence.values():
+        floor = max(dep["min_recovery"][g] for g, e in evidence.items() if e == UNRESOLVED)
+        verdict_f, why = fidelity_evidence(Fidelity(**fid), floor, NoiseFloor(**results.noise_floor()))
+        head = f"{' and '.join(unresolved)} is unresolved at {items or '?'} items per task against {pct(floor)}"
+        if verdict_f == MEETS:
+            decided_by = "fidelity"
+            warnings.append(f"{head}; decided on the resolved signals, all close to BF16: {'; '.join(why)}")
+        else:
+            reasons.append(f"{head}, and the resolved signals do not show it close to BF16: {'; '.join(why)}")
     if name != BASELINE:
         warnings += _hidden_losses(name, results)
     return Candidate(name, fmt, label, rec, ci, verdict, groups, status, cost and cost.queries_per_usd,
                      cost and cost.source, cost and cost.latency_s, cost and cost.requests_per_s,
-                     cost and cost.gpus, cost and cost.usd_per_hour, not reasons, tuple(reasons), tuple(warnings))
+                     cost and cost.gpus, cost and cost.usd_per_hour, not reasons, tuple(reasons), tuple(warnings),
+                     evidence=evidence, decided_by=decided_by, fidelity=fid, items=items,
+                     items_to_resolve=to_resolve)
+
+
+def _with_ci(point: float, ci) -> str:
+    return pct(point) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _items(name: str, results: StudyResults) -> int | None:
+    """Items per task behind a variant's accuracy average (the smallest task's)."""
+    agg = (results.evaluate.average if results.evaluate else {}).get(name)
+    return min((t.n for t in agg.per_task), default=None) if agg else None
 
 
 def _hidden_losses(name: str, results: StudyResults) -> list[str]:
@@ -112,15 +149,38 @@ def pareto_front(cands) -> list[str]:
     """Names of candidates no other candidate beats on both recovery and queries/$ (refused
     and unpriced ones excluded), in order of rising queries/$."""
     pts = [c for c in cands if c.status != "refused" and c.recovery is not None and c.queries_per_usd]
+    r = {c.name: ranking_recovery(c.recovery) for c in pts}   # above 100% is no loss, not a gain
     front = [c for c in pts if not any(
-        o.recovery >= c.recovery and o.queries_per_usd >= c.queries_per_usd
-        and (o.recovery > c.recovery or o.queries_per_usd > c.queries_per_usd) for o in pts)]
-    return [c.name for c in sorted(front, key=lambda c: (c.queries_per_usd, c.recovery, c.name))]
+        r[o.name] >= r[c.name] and o.queries_per_usd >= c.queries_per_usd
+        and (r[o.name] > r[c.name] or o.queries_per_usd > c.queries_per_usd) for o in pts)]
+    return [c.name for c in sorted(front, key=lambda c: (c.queries_per_usd, r[c.name], c.name))]
+
+
+def closeness(c: Candidate) -> tuple:
+    """How close to BF16 on resolved signals, larger is closer: the baseline, then lower KL,
+    then capped recovery (a noisy 106% ranks as 100%)."""
+    kl = 0.0 if c.name == BASELINE else c.fidelity.get("kl")
+    return (-(kl if kl is not None else float("inf")), ranking_recovery(c.recovery))
 
 
 def better(a: Candidate, b: Candidate) -> bool:
-    """a beats b: more queries/$ beyond the tie tolerance, else higher recovery, else name order."""
+    """a beats b: more queries/$ beyond the tie tolerance, else closer to BF16 on the resolved
+    signals (`closeness`), else name order."""
     qa, qb = a.queries_per_usd, b.queries_per_usd
     if abs(qa - qb) > TIE * max(qa, qb):
         return qa > qb
-    return (a.recovery or 0.0, b.name) > (b.recovery or 0.0, a.name)
+    return (closeness(a), b.name) > (closeness(b), a.name)
+
+
+def ranking(cands: list[Candidate]) -> list[str]:
+    """Every candidate in order: feasible ones by `better`, then the infeasible -- those that
+    meet the floor but break another constraint, then those whose accuracy is unresolved, then
+    those resolved below a floor, each by queries/$. A variant
+    whose interval straddles the floor is never ranked above a feasible (resolved) one."""
+    import functools
+
+    feasible = sorted((c for c in cands if c.feasible),
+                      key=functools.cmp_to_key(lambda a, b: -1 if better(a, b) else 1 if better(b, a) else 0))
+    rest = sorted((c for c in cands if not c.feasible),
+                  key=lambda c: (not c.decided_by, BELOW in c.evidence.values(), -(c.queries_per_usd or 0.0), c.name))
+    return [c.name for c in feasible + rest]

@@ -90,3 +90,25 @@ def support_status(fmt: str, hw: str, row: PredictedRow | None) -> tuple[str, st
     except QuantstudyError:
         return "unknown", ""
     return s.status, s.reason if s.status != "native" else ""
+
+
+def with_predictions(results: StudyResults, hardware: str, use_case: str) -> StudyResults:
+    """`results` with roofline rows for (hardware, use case) added where the study predicted
+    none: a "what if I deploy there?" question answered from the study's model shape without
+    rerunning it. The shape is the one the study predicted for (the model's own otherwise)."""
+    from dataclasses import asdict, replace
+
+    from quantstudy.bench.cost import cost_table
+    from quantstudy.bench.views import resolve_shape
+
+    hw = hardware_key(hardware)
+    rows = results.predicted_rows()
+    if any(r.hardware == hw and r.use_case == use_case for r in rows):
+        return results
+    shapes = list(dict.fromkeys(r.shape for r in rows))
+    name = next((s for s in shapes if s in (results.model.name, results.model.ref)), None) or (
+        shapes[0] if shapes else results.model.ref)
+    formats = ["bf16", *(v.format.lower() for v in results.variants)]
+    new = [PredictedRow(shape=name, use_case=use_case, **asdict(r))
+           for r in cost_table(resolve_shape(name), formats, [hardware], use_case)]
+    return replace(results, predicted=(*results.predicted, *new))

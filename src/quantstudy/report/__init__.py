@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["build_report"]
 
-TABLES = ("accuracy", "served", "similarity", "performance_measured", "performance_predicted", "recommendation")
+TABLES = ("answer", "accuracy", "served", "similarity", "performance_measured", "performance_predicted", "recommendation")
 
 
 def _clean(value):
@@ -34,6 +34,7 @@ def build_report(results, out_dir: str | Path) -> dict[str, Path]:
     from quantstudy.errors import QuantstudyError
     from quantstudy.recommend import recommend
     from quantstudy.report import html, plots, tables
+    from quantstudy.report.answer import answer_table, grouped_notes
     from quantstudy.results import StudyResults
 
     results = StudyResults.from_json(results)
@@ -46,7 +47,7 @@ def build_report(results, out_dir: str | Path) -> dict[str, Path]:
         except QuantstudyError as exc:  # bad constraints: the rest of the report still stands
             rec_error = f"No recommendation: {exc}"
     built = {
-        "variants": tables.variants_table(results), "accuracy": tables.accuracy_table(results),
+        "answer": answer_table(results, rec), "variants": tables.variants_table(results), "accuracy": tables.accuracy_table(results),
         "served": tables.served_table(results),
         "similarity": tables.similarity_table(results), "performance_measured": tables.measured_table(results),
         "performance_predicted": tables.predicted_table(results), "recommendation": tables.recommendation_table(rec),
@@ -66,5 +67,6 @@ def build_report(results, out_dir: str | Path) -> dict[str, Path]:
         write(f"tables/{name}.csv", t.csv() if t.records else ",".join(t.columns) + "\n")
     full = {**results.to_json(), "recommendation": rec.to_dict() if rec else None}
     write("results.json", json.dumps(_clean(full), indent=1, allow_nan=False) + "\n")
-    write("report.html", html.render(results, rec, rec_error, built, figures, tables.accuracy_notes(results), tables.engines_notes(results)))
+    write("report.html", html.render(results, rec, rec_error, built, figures, grouped_notes(tables.accuracy_notes(results)),
+                                     tables.engines_notes(results)))
     return paths

@@ -117,7 +117,7 @@ def _problems(sections: list[SectionView], expect: dict[str, dict]) -> list[str]
 
 # What a full study's report holds (model -> preflight, as `report.html.SECTIONS` orders them).
 FULL_STUDY = {
-    "model": {"tables": 1}, "variants": {"tables": 1}, "accuracy": {"tables": 1, "images": 1},
+    "answer": {"tables": 1}, "model": {"tables": 1}, "variants": {"tables": 1}, "accuracy": {"tables": 1, "images": 1},
     "similarity": {"tables": 1, "images": 1}, "performance": {"tables": 2, "images": 1},
     "recommendation": {"tables": 1, "images": 1}, "preflight": {},
 }

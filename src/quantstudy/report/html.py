@@ -16,7 +16,7 @@ from quantstudy.recommend import Recommendation
 from quantstudy.report.tables import Table, num
 from quantstudy.results import StudyResults
 
-SECTIONS = (("model", "Model and provenance"), ("variants", "Variants"), ("accuracy", "Accuracy"),
+SECTIONS = (("answer", "The answer"), ("model", "Model and provenance"), ("variants", "Variants"), ("accuracy", "Accuracy"),
             ("similarity", "Text similarity"), ("performance", "Performance"),
             ("recommendation", "Recommendation"), ("preflight", "Preflight notes"))
 MISSING = '<p class="missing">Not run in this study.</p>'
@@ -141,8 +141,22 @@ def preflight_notes(results: StudyResults, rec: Recommendation | None) -> list[s
     return [f"{fmt} on {hw} — {note}" for (fmt, hw), note in seen.items()]
 
 
+def _answer(rec: Recommendation | None, error: str | None, table: Table, adaptive: list[str]) -> str:
+    """The decision first: the explanation leads with what is resolved and how sure."""
+    if rec is None:
+        return f'<p class="missing">{esc(error or "No deployment constraints given: nothing to recommend.")}</p>'
+    return (f'<p class="explanation">{esc(rec.explanation)}</p>{table_html(table)}'
+            "<p>Decision: <i>meets (accuracy)</i> -- the whole 95% recovery interval is above the floor; <i>meets "
+            "(fidelity)</i> -- accuracy is unresolved at this sample size and KL, top-1 agreement and perplexity "
+            "recovery are all resolved close to BF16; <i>unresolved</i> -- neither, with (→N) the items per task "
+            "that would resolve it at the spread seen; <i>below</i> -- the whole interval is under the floor. A "
+            "recovery above 100% is no measurable loss, not a gain.</p>" + bullet_list(adaptive))
+
+
 def render(results: StudyResults, rec: Recommendation | None, rec_error: str | None, tables: dict[str, Table],
            figures: dict[str, bytes | None], accuracy_notes: list[str], engine_notes: list[str] = ()) -> str:
+    from quantstudy.report.answer import adaptive_lines
+
     model = results.model.name
     ev = results.evaluate
     accuracy = (table_html(tables["accuracy"]) + figure(figures["recovery"], "recovery per task with 95% intervals")
@@ -151,6 +165,7 @@ def render(results: StudyResults, rec: Recommendation | None, rec_error: str | N
                 + (("<h3>Notes</h3>" + bullet_list(accuracy_notes)) if accuracy_notes else "")) if ev else MISSING
     pre = preflight_notes(results, rec)
     body = {
+        "answer": _answer(rec, rec_error, tables["answer"], adaptive_lines(results)),
         "model": _model(results),
         "variants": table_html(tables["variants"]),
         "accuracy": accuracy,

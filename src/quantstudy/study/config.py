@@ -64,6 +64,10 @@ class EvaluateConfig:
     # one request at a time (the engine's noise floor)
     twin: bool = True
     prefix_cache: bool = False       # served: off, so a score never depends on what the server ran before
+    # Score the accuracy tasks in rounds of `round` items and stop each once every variant is
+    # decided against the deployment's recovery floor; `limit` is then the budget per task.
+    until_decided: bool = False
+    round: int = 100
 
 
 @dataclass(frozen=True)

@@ -179,8 +179,19 @@ def evaluate_job(cfg, model_fp: str, variants: list[tuple[str, str]], serving: d
     settings = {"tasks": list(e.tasks), "limit": e.limit, "chat": e.chat_template, "seed": e.seed,
                 "batch_size": e.batch_size, "dtype": "float32", "ppl_seq_len": 512, "engine": cfg.engine,
                 "concurrency": e.concurrency, "twin": e.twin, "prefix_cache": e.prefix_cache}
+    if e.until_decided:   # only then in the key: studies without it keep their stored results
+        settings.update(until_decided=True, round=e.round, min_recovery=decision_floor(cfg))
     return Job("evaluate", "evaluate", {"stage": "evaluate", "baseline": model_fp, "variants": variants,
                                         "settings": settings, "serving": serving, "code": __version__})
+
+
+def decision_floor(cfg) -> float:
+    """The recovery floor evaluation decides against: the deployment's (the strictest where
+    it sets one per task group), else the paper's 99%."""
+    bar = cfg.deployment.min_recovery if cfg.deployment else 0.99
+    if isinstance(bar, dict):
+        return float(max(bar.values())) if bar else 0.99
+    return float(bar)
 
 
 def compare_job(cfg, model_fp: str, variants: list[tuple[str, str]], serving: dict) -> Job:

@@ -284,7 +284,10 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
                                              seed=s["seed"], batch_size=s["batch_size"], dtype=s["dtype"],
                                              ppl_seq_len=s["ppl_seq_len"], engine=s["engine"],
                                              concurrency=s["concurrency"], twin=s["twin"],
-                                             prefix_cache=s["prefix_cache"]),
+                                             prefix_cache=s["prefix_cache"],
+                                             until_decided=s.get("until_decided", False),
+                                             min_recovery=s.get("min_recovery", 0.99),
+                                             round_items=s.get("round", 100)),
             store.path, progress=runner.progress, plan=plan))
 
     comparison = None
