@@ -384,8 +384,10 @@ def test_recommend_answers_other_deployments_from_the_store(tiny):
 
     from quantstudy.cli import app
 
-    _, out, _ = tiny
+    cfg, out, _ = tiny
     stored = json.loads((out / "results.json").read_text())["recommendation"]
+    rerun = CliRunner().invoke(app, ["study", str(cfg), "--out", str(out), "--json"])   # nothing left to do
+    assert rerun.exit_code == 0 and json.loads(rerun.stdout)["recommendation"] == stored
     same = CliRunner().invoke(app, ["recommend", str(out), "--json"])
     assert same.exit_code == 0, same.output
     assert {k: json.loads(same.stdout)[k] for k in ("chosen", "ranking", "explanation")} == \

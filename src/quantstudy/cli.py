@@ -171,6 +171,8 @@ def study(
                                            "config's executor (local)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (ray executor); default: start a "
                                           "local Ray."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " Prints the report's results.json (results "
+                                 "and recommendation) instead of the summary."),
 ) -> None:
     """The whole study, model to recommendation: quantize every variant, evaluate, compare, bench, predict, report.
 
@@ -187,7 +189,12 @@ def study(
 
     cfg = load_config(config)
     outcome = run_study(cfg, out, executor=executor, address=address, console=err_console)
-    print_summary(outcome, console)
+    if as_json:
+        import json
+
+        print_json(json.loads((outcome.report_dir / "results.json").read_text()))
+    else:
+        print_summary(outcome, console)
     if outcome.failures:
         err_console.print(f"[bold red]error:[/] {len(outcome.failures)} job(s) failed: "
                           + "; ".join(f"{f['stage']} {f['name']}" for f in outcome.failures), highlight=False)
