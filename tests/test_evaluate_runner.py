@@ -26,6 +26,19 @@ def int8_variant(smollm2, tmp_path_factory):
     return folder
 
 
+def _count_scoring(monkeypatch) -> list[str]:
+    """The tasks that score anything from now on: every task's `run` goes through here (the
+    scoring step looks tasks up in `scoring`, where this patches them)."""
+    calls = []
+    real = registry.get_task
+
+    def counting(name):
+        spec = real(name)
+        return spec.__class__(**{**spec.__dict__, "run": lambda *a, **k: calls.append(name) or spec.run(*a, **k)})
+    monkeypatch.setattr("quantstudy.evaluate.scoring.get_task", counting)
+    return calls
+
+
 def test_rerun_reads_every_item_from_the_store(int8_variant, tmp_path, monkeypatch):
     settings = EvalSettings(tasks=("arc_challenge", "ppl", "kl"), limit=3, ppl_seq_len=128)
     store = tmp_path / "store.sqlite"
@@ -40,16 +53,13 @@ def test_rerun_reads_every_item_from_the_store(int8_variant, tmp_path, monkeypat
     kl = tasks["kl"]["variants"]["w8a8-int8"]
     assert 0 < kl["kl"] < 1 and 0.5 < kl["top1_agreement"] <= 1
 
-    calls = []
-    real = registry.get_task
-
-    def counting(name):
-        spec = real(name)
-        return spec.__class__(**{**spec.__dict__, "run": lambda *a, **k: calls.append(name) or spec.run(*a, **k)})
-    monkeypatch.setattr("quantstudy.evaluate.runner.get_task", counting)
+    calls = _count_scoring(monkeypatch)
     second = evaluate_models("smollm2-135m", [int8_variant], settings, store)
     assert calls == []
     assert json.dumps(second["tasks"], sort_keys=True) == json.dumps(first["tasks"], sort_keys=True)
+    one_more = EvalSettings(tasks=("arc_challenge",), limit=4, ppl_seq_len=128)   # the hook sees real work
+    evaluate_models("smollm2-135m", [int8_variant], one_more, store)
+    assert calls == ["arc_challenge", "arc_challenge"]      # one new item, for the baseline and the variant
 
 
 @pytest.mark.parametrize("args, message", [
@@ -83,13 +93,7 @@ def test_until_decided_stops_each_task_at_its_decision_and_reruns_from_the_store
     if d["decision"] == "unresolved":
         assert d["items_needed"] is None or d["items_needed"] > d["items"]
 
-    calls = []
-    real = registry.get_task
-
-    def counting(name):
-        spec = real(name)
-        return spec.__class__(**{**spec.__dict__, "run": lambda *a, **k: calls.append(name) or spec.run(*a, **k)})
-    monkeypatch.setattr("quantstudy.evaluate.scoring.get_task", counting)
+    calls = _count_scoring(monkeypatch)
     again = evaluate_models("smollm2-135m", [int8_variant], easy, store)
     assert calls == [] and again["adaptive"]["tasks"] == evaluate_models(
         "smollm2-135m", [int8_variant], easy, store)["adaptive"]["tasks"]
