@@ -98,6 +98,8 @@ def test_quantize_then_transformers_loads_offline(tmp_path, smollm2):
 
     info = runner.invoke(app, ["info", str(out)], env={"COLUMNS": "200"})
     assert info.exit_code == 0 and "int-quantized" in info.output and "210" in info.output
+    described = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert described["format"] == "int-quantized" and described["quantized layers"] == "210"
     recipe = json.loads((out / "quantstudy.json").read_text())
     assert recipe["algorithm"] == "rtn" and recipe["scheme"]["name"] == "w8a8-int8"
 
