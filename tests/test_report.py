@@ -493,3 +493,27 @@ def test_report_reads_an_older_unversioned_results_file(built, study, tmp_path):
     result = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "report.html").read_text() == built["report.html"].read_text()
+
+
+def test_recommend_cli_on_a_results_file_and_its_one_line_errors(study, tmp_path):
+    from typer.testing import CliRunner
+
+    from quantstudy.cli import app
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(study))
+    got = CliRunner().invoke(app, ["recommend", str(path), "--hardware", "l40s", "--json"])   # never predicted
+    assert got.exit_code == 0, got.output
+    rec = json.loads(got.stdout)
+    assert rec["deployment"]["hardware"] == "l40s" and all(c["source"] == "predicted" for c in rec["candidates"]
+                                                           if c["queries_per_usd"])
+    from quantstudy.recommend.costs import with_predictions
+    from quantstudy.results import StudyResults
+
+    assert not recommend(study, {"hardware": "l40s"}).chosen        # the study alone has no L40S costs
+    added = with_predictions(StudyResults.from_json(study), "l40s", "instruction-following")
+    assert rec["chosen"] == recommend(added, {"hardware": "l40s"}).chosen is not None
+    for args, message in ((["--hardware", "cpu"], "predicted no CPU"), (["--mode", "later"], "sync or async"),
+                          (["--min-recovery", "7"], "fraction of BF16"), (["--use-case", "poetry"], "unknown use case")):
+        bad = CliRunner().invoke(app, ["recommend", str(path), *args])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, args

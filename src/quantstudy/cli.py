@@ -244,7 +244,7 @@ def recommend(
     budget: Optional[float] = typer.Option(None, help="Most dollars per hour for the deployment's GPUs."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """A decision for another deployment from a finished study, in about a second: nothing is rerun.
+    """A decision for another deployment from a finished study, in seconds: nothing is rerun.
 
     Reads the study's stored results, applies your constraints, and says what meets the
     accuracy floor on evidence (the recovery interval above it, or -- where accuracy is
@@ -267,6 +267,12 @@ def recommend(
                                   "budget_usd_per_hour": budget}.items() if v is not None}
     if min_recovery is not None and not 0 < min_recovery <= 1.5:
         raise QuantstudyError(f"--min-recovery is a fraction of BF16's accuracy (e.g. 0.98), not {min_recovery}")
+    if hardware is not None and hardware.lower() == "cpu":   # the study's measured CPU entry, if it has one
+        cpus = sorted({r.hardware for r in results.predicted_rows() if r.hardware.startswith("cpu")})
+        if not cpus:
+            raise QuantstudyError("--hardware cpu: this study predicted no CPU (add cpu to predict.hardware and "
+                                  "rerun the study: the CPU is measured once)")
+        override["hardware"] = cpus[0]
     dep = {**(vars(results.deployment) if results.deployment else {}), **override}
     if dep.get("hardware"):
         from quantstudy.bench.roofline_constants import USE_CASES
