@@ -133,6 +133,9 @@ async def send(client: httpx.AsyncClient, url: str, name: str, req: Request, t_r
                 res.error = f"HTTP {resp.status_code}: {(detail[0] if detail else '')[:200]}"
                 return res
             async for chunk in stream_events(resp):
+                if chunk.get("error") and first is None:   # the server gave up mid-stream: say why
+                    err = chunk["error"]
+                    res.error = "server error: " + str(err.get("message", err) if isinstance(err, dict) else err)[:200]
                 if chunk.get("choices"):  # token chunk; the usage-only chunk has none
                     last = time.perf_counter()
                     first = first or last
@@ -145,7 +148,7 @@ async def send(client: httpx.AsyncClient, url: str, name: str, req: Request, t_r
         return res
     res.e2e_s = time.perf_counter() - t0
     if first is None:
-        res.error = "no token streamed"
+        res.error = res.error or "no token streamed"
         return res
     res.ttft_s = first - t0
     res.itl_s = (last - first) / (res.output_tokens - 1) if res.output_tokens > 1 else 0.0
