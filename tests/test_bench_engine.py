@@ -361,3 +361,23 @@ def test_server_dies_with_a_killed_client(fake_vllm, tmp_path):
         os.killpg(leader, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_a_server_error_in_the_stream_is_reported_with_its_message():
+    """vLLM may end a stream with an error event instead of tokens (an engine that gave up):
+    the request fails with the server's words, not a bare 'no token streamed'."""
+    import asyncio
+
+    import httpx
+
+    from quantstudy.bench.load import send
+
+    def reply(request):
+        body = 'data: {"error": {"message": "engine core iteration timed out"}}\n\ndata: [DONE]\n\n'
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async def one():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as client:
+            return await send(client, "http://x", "m", Request("hi", 1, 4), 0.0)
+    res = asyncio.run(one())
+    assert not res.ok and res.error == "server error: engine core iteration timed out"
