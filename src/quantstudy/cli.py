@@ -201,6 +201,22 @@ def study(
         raise typer.Exit(1)
 
 
+def _is_store(source: Path) -> bool:
+    return source.is_dir() or source.suffix == ".sqlite"
+
+
+def _read_study(source: Path):
+    """A study's results from its folder (the store), a study.sqlite, or a results JSON."""
+    from quantstudy.results import load_results
+    from quantstudy.study.run import stored_results
+
+    if _is_store(source):
+        return stored_results(source)
+    if not source.is_file():
+        raise QuantstudyError(f"no study folder, store or results file at {source}")
+    return load_results(source)
+
+
 @app.command()
 @one_line_errors
 def report(
@@ -212,17 +228,11 @@ def report(
     """Rebuild the HTML report, the paper-style tables (Markdown, CSV) and the JSON from a study's
     store alone (no model is loaded, nothing is recomputed), or from a results JSON."""
     from quantstudy.report import build_report
-    from quantstudy.results import load_results
-    from quantstudy.study.run import stored_results
 
-    if source.is_dir() or source.suffix == ".sqlite":
-        data = stored_results(source)
-        out = out or (source if source.is_dir() else source.parent) / "report"
-    else:
-        if not source.is_file():
-            raise QuantstudyError(f"no study folder, store or results file at {source}")
-        data = load_results(source)
-        out = out or Path("runs/study/report")
+    data = _read_study(source)
+    if out is None:
+        out = (source if source.is_dir() else source.parent) / "report" if _is_store(source) \
+            else Path("runs/study/report")
     paths = build_report(data, out)
     console.print(f"report: {paths['report.html']}")
 
@@ -250,38 +260,22 @@ def recommend(
     accuracy floor on evidence (the recovery interval above it, or -- where accuracy is
     unresolved -- KL, top-1 and perplexity close to BF16), what it costs, and why the others
     lose."""
+    from quantstudy.bench.roofline_constants import USE_CASES
     from quantstudy.recommend import recommend as decide
+    from quantstudy.recommend import resolve_deployment
     from quantstudy.recommend.costs import with_predictions
     from quantstudy.recommend.table import candidates_table
-    from quantstudy.results import load_results
-    from quantstudy.study.run import stored_results
 
-    if source.is_dir() or source.suffix == ".sqlite":
-        results = stored_results(source)
-    elif source.is_file():
-        results = load_results(source)
-    else:
-        raise QuantstudyError(f"no study folder, store or results file at {source}")
+    results = _read_study(source)
     override = {k: v for k, v in {"hardware": hardware, "mode": mode, "use_case": use_case,
                                   "latency_slo_s": latency_slo, "min_recovery": min_recovery,
                                   "budget_usd_per_hour": budget}.items() if v is not None}
     if min_recovery is not None and not 0 < min_recovery <= 1.5:
         raise QuantstudyError(f"--min-recovery is a fraction of BF16's accuracy (e.g. 0.98), not {min_recovery}")
-    if hardware is not None and hardware.lower() == "cpu":   # the study's measured CPU entry, if it has one
-        cpus = sorted({r.hardware for r in results.predicted_rows() if r.hardware.startswith("cpu")})
-        if not cpus:
-            raise QuantstudyError("--hardware cpu: this study predicted no CPU (add cpu to predict.hardware and "
-                                  "rerun the study: the CPU is measured once)")
-        override["hardware"] = cpus[0]
-    dep = {**(vars(results.deployment) if results.deployment else {}), **override}
-    if dep.get("hardware"):
-        from quantstudy.bench.roofline_constants import USE_CASES
-
-        case = dep.get("use_case") or "instruction-following"
-        if case not in USE_CASES:
-            raise QuantstudyError(f"unknown use case {case!r}; known: {', '.join(USE_CASES)}")
-        results = with_predictions(results, dep["hardware"], case)
-    rec = decide(results, override)
+    dep = resolve_deployment(results, override)
+    if dep["use_case"] not in USE_CASES:
+        raise QuantstudyError(f"unknown use case {dep['use_case']!r}; known: {', '.join(USE_CASES)}")
+    rec = decide(with_predictions(results, dep["hardware"], dep["use_case"]), dep)
     if as_json:
         print_json(rec.to_dict())
         return

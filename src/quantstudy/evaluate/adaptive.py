@@ -19,19 +19,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from quantstudy.evaluate import sequential
 from quantstudy.evaluate.registry import get_task
+from quantstudy.evaluate.stats import pair_items
 
 DEFAULT_BUDGET = 1000   # items per task (per subject for MMLU) when no limit is given
-
-
-def _paired(base: list, var: list) -> tuple[np.ndarray, np.ndarray]:
-    by_id = {r.item_id: r.score for r in var}
-    ids = [r.item_id for r in base if r.item_id in by_id]
-    scores = {r.item_id: r.score for r in base}
-    return np.array([scores[i] for i in ids], dtype=float), np.array([by_id[i] for i in ids], dtype=float)
 
 
 def evaluate_until_decided(baseline: str, variants: list[str | Path], settings, store_path, progress=None,
@@ -60,7 +52,7 @@ def evaluate_until_decided(baseline: str, variants: list[str | Path], settings, 
                 n_base = len(base_items)
                 if name in decided[task]:
                     continue
-                base, var = _paired(base_items, collected[run][task])
+                _, base, var, _, _ = pair_items(base_items, collected[run][task])
                 result = sequential.look([(base, var)], floor, looks[task], budget)
                 if result.decision != sequential.UNRESOLVED:
                     decided[task][name] = {"decision": result.decision, "items": len(base),
@@ -91,7 +83,7 @@ def _close(task: str, decided: dict, report: dict, collected: dict, floor: float
     for name, run in report["primary"].items():
         if name in decided:
             continue
-        base, var = _paired(collected[f"baseline@{run.split('@')[1]}"][task], collected[run][task])
+        _, base, var, _, _ = pair_items(collected[f"baseline@{run.split('@')[1]}"][task], collected[run][task])
         margin, se, _ = sequential.margin_stats([(base, var)], floor)
         decided[name] = {"decision": sequential.UNRESOLVED, "items": len(base), "round": len(looks),
                          "margin": margin, "se": se, "items_needed": sequential.items_needed(margin, se, len(base), z)}

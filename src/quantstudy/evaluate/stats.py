@@ -111,7 +111,7 @@ def mcnemar(b: int, c: int) -> McNemar:
 def compare_task(baseline: Sequence[ItemResult], variant: Sequence[ItemResult], *, n_bootstrap: int = 2000,
                  confidence: float = 0.95, seed: int = 0) -> TaskComparison:
     """Compare a variant to the baseline on one task, items paired by `item_id`."""
-    task, base, var, base_ok, var_ok = _pair(baseline, variant)
+    task, base, var, base_ok, var_ok = pair_items(baseline, variant)
     _check_settings(n_bootstrap, confidence)
     rng = np.random.default_rng(seed)
     boot_base, boot_var = _bootstrap_means([(base, var)], n_bootstrap, rng)
@@ -151,7 +151,7 @@ def compare_aggregate(per_task: Mapping[str, tuple[Sequence[ItemResult], Sequenc
         baseline, variant = per_task[name]
         comparisons.append(compare_task(baseline, variant, n_bootstrap=n_bootstrap, confidence=confidence,
                                         seed=seed))
-        _, base, var, _, _ = _pair(baseline, variant)
+        _, base, var, _, _ = pair_items(baseline, variant)
         arrays.append((base, var))
     rng = np.random.default_rng(seed)
     boot_base, boot_var = _bootstrap_means(arrays, n_bootstrap, rng)
@@ -238,8 +238,9 @@ def _bootstrap_means(tasks: list[tuple[np.ndarray, np.ndarray]], n_bootstrap: in
     return base_out / len(tasks), var_out / len(tasks)
 
 
-def _pair(baseline: Sequence[ItemResult], variant: Sequence[ItemResult]):
-    """Align both result lists by item_id; refuse anything that does not pair one-to-one."""
+def pair_items(baseline: Sequence[ItemResult], variant: Sequence[ItemResult]):
+    """Align both result lists by item_id; refuse anything that does not pair one-to-one.
+    Returns (task, baseline scores, variant scores, baseline correct, variant correct)."""
     if not baseline or not variant:
         raise QuantstudyError(f"nothing to compare: baseline has {len(baseline)} results, "
                               f"variant has {len(variant)}")

@@ -23,7 +23,7 @@ from quantstudy.recommend.candidates import Candidate, better, candidate, pareto
 from quantstudy.recommend.explain import explain
 from quantstudy.results import BASELINE, TASK_GROUPS, StudyResults
 
-__all__ = ["BASELINE", "Candidate", "Recommendation", "pareto_front", "recommend"]
+__all__ = ["BASELINE", "Candidate", "Recommendation", "pareto_front", "recommend", "resolve_deployment"]
 
 DEFAULT_USE_CASE = "instruction-following"
 # The paper calls a format near-lossless at ~99% recovery; used only when none is given.
@@ -48,7 +48,9 @@ class Recommendation:
         return json.loads(json.dumps(asdict(self)))
 
 
-def _deployment(results: StudyResults, override: dict | None) -> dict:
+def resolve_deployment(results: StudyResults, override: dict | None = None) -> dict:
+    """The deployment a recommendation is for: defaults, then the study's, then `override`,
+    checked (one line when it cannot be used); 'cpu' names the CPU the study measured."""
     dep = {"hardware": None, "mode": "sync", "use_case": DEFAULT_USE_CASE, "latency_slo_s": None,
            "min_recovery": DEFAULT_MIN_RECOVERY, "budget_usd_per_hour": None,
            **(asdict(results.deployment) if results.deployment else {}), **(override or {})}
@@ -56,6 +58,12 @@ def _deployment(results: StudyResults, override: dict | None) -> dict:
         raise QuantstudyError(f"deployment mode must be sync or async, not {dep['mode']!r}")
     if not dep["hardware"]:
         raise QuantstudyError("the deployment needs a hardware name (e.g. a6000, h100)")
+    if str(dep["hardware"]).lower() == "cpu":   # a CPU has no catalogue entry: the one the study measured
+        cpus = sorted({r.hardware for r in results.predicted_rows() if r.hardware.startswith("cpu")})
+        if not cpus:
+            raise QuantstudyError("hardware cpu: this study predicted no CPU (add cpu to predict.hardware and "
+                                  "rerun the study: the CPU is measured once)")
+        dep["hardware"] = cpus[0]
     bar = dep["min_recovery"]
     dep["min_recovery"] = {"average": float(bar)} if isinstance(bar, (int, float)) else dict(bar or {})
     for group in dep["min_recovery"]:
@@ -68,7 +76,7 @@ def recommend(results: StudyResults | dict, deployment: dict | None = None) -> R
     """Pick a format for `deployment` (merged over the results' deployment); see the module docstring.
     `results` may be typed or a results dict (a results.json's content)."""
     results = StudyResults.from_json(results)
-    dep = _deployment(results, deployment)
+    dep = resolve_deployment(results, deployment)
     hw = hardware_key(dep["hardware"])
     predicted = results.predicted_rows()
     shapes = list(dict.fromkeys(r.shape for r in predicted))

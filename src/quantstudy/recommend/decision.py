@@ -21,12 +21,10 @@ Ranking does not reward noise: recovery above 100% ranks as 100% ("no measurable
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-MEETS = "meets"
-BELOW = "below"
-UNRESOLVED = "unresolved"
+# The decisions have one spelling, shared with evaluate's rounds (`sequential`).
+from quantstudy.evaluate.sequential import BELOW, MEETS, UNRESOLVED, items_needed  # noqa: F401
 
 # Fidelity thresholds per unit of allowed loss l = 1 - floor (see the module docstring).
 KL_PER_LOSS = 2.0          # KL upper bound <= 2 l nats
@@ -55,13 +53,9 @@ def items_to_resolve(point: float | None, ci: tuple[float, float] | None, floor:
     """Items per task that would resolve an unresolved decision, from the observed spread: the
     interval's half-width shrinks as 1/sqrt(n), so it clears the floor at n (h / |p - f|)^2.
     None where the point sits on the floor (no sample size resolves it) or nothing is known."""
-    if point is None or ci is None or not n:
+    if point is None or ci is None or not n or abs(point - floor) < 1e-9:
         return None
-    gap = abs(point - floor)
-    half = (ci[1] - ci[0]) / 2
-    if gap < 1e-9:
-        return None
-    return max(n, math.ceil(n * (half / gap) ** 2))
+    return items_needed(point - floor, (ci[1] - ci[0]) / 2, n, z=1.0)   # the half-width is already z x se
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ def _performance(results: StudyResults, measured: Table, predicted: Table, png: 
 
 def _recommendation(rec: Recommendation | None, error: str | None, table: Table, png: bytes | None) -> str:
     if rec is None:
-        return f'<p class="missing">{esc(error or "No deployment constraints given: nothing to recommend.")}</p>'
+        return _no_recommendation(error)
     d = rec.deployment
     bars = ", ".join(f"{g} ≥ {100 * b:.1f}%" for g, b in d["min_recovery"].items()) or "none"
     cons = (f"{d['use_case']} on {d['hardware']}, {d['mode']}; latency SLO "
@@ -141,10 +141,14 @@ def preflight_notes(results: StudyResults, rec: Recommendation | None) -> list[s
     return [f"{fmt} on {hw} — {note}" for (fmt, hw), note in seen.items()]
 
 
+def _no_recommendation(error: str | None) -> str:
+    return f'<p class="missing">{esc(error or "No deployment constraints given: nothing to recommend.")}</p>'
+
+
 def _answer(rec: Recommendation | None, error: str | None, table: Table, adaptive: list[str]) -> str:
     """The decision first: the explanation leads with what is resolved and how sure."""
     if rec is None:
-        return f'<p class="missing">{esc(error or "No deployment constraints given: nothing to recommend.")}</p>'
+        return _no_recommendation(error)
     return (f'<p class="explanation">{esc(rec.explanation)}</p>{table_html(table)}'
             "<p>Decision: <i>meets (accuracy)</i> -- the whole 95% recovery interval is above the floor; <i>meets "
             "(fidelity)</i> -- accuracy is unresolved at this sample size and KL, top-1 agreement and perplexity "
