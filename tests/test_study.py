@@ -49,6 +49,9 @@ engine: hf
     ("model: m\nevalute: {limit: 3}\n", 2, r"evalute: unknown field \(did you mean 'evaluate'\?\)"),
     ("model: m\ncompare: {limit: 0}\n", 2, r"compare\.limit: must be an integer >= 1"),
     ("model: m\nmodel: n\n", 2, r"model: given twice"),
+    ("model: m\nevaluate:\n  until_decided: true\n  round: many\n", 4, r"evaluate\.round: must be an integer >= 10"),
+    ("model: m\nevaluate: {until_decided: yes please}\n", 2, r"evaluate\.until_decided: must be true or false"),
+    ("model: m\nevaluate: {twin: 1}\n", 2, r"evaluate\.twin: must be true or false"),
 ])
 def test_config_errors_are_one_line_naming_file_line_and_field(text, line, pattern):
     with pytest.raises(QuantstudyError) as err:

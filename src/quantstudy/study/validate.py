@@ -207,6 +207,11 @@ class Checker:
         return self.int_(v, p)
 
     _EvaluateConfig_seed = _CalibrationSpec_seed
+    _EvaluateConfig_concurrency = _EvaluateConfig_batch_size
+    _EvaluateConfig_twin = _EvaluateConfig_prefix_cache = _EvaluateConfig_until_decided = bool_
+
+    def _EvaluateConfig_round(self, v, p):
+        return self.int_(v, p, minimum=10)   # items per task per round: fewer decide nothing
     _CompareConfig_limit = _EvaluateConfig_limit
     _CompareConfig_max_new_tokens = _EvaluateConfig_batch_size
 
