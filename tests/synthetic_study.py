@@ -109,6 +109,8 @@ def measured(scale):
 
 
 def make_study() -> dict:
+    from quantstudy.study.jobs import deployment_curves
+
     """The synthetic study results every recommend and report test starts from."""
     rng = np.random.default_rng(0)
     shape = ModelShape.known(SHAPE)
@@ -127,6 +129,8 @@ def make_study() -> dict:
         "compare": compare(rng),
         "bench": {"measured": measured(scale=1 / 16), "hardware": "cpu-zen4"},
         "predicted": predicted,
+        # the deployment's curve per format on the fewest GPUs holding them all, as the study draws it
+        "curves": deployment_curves(shape, SHAPE, formats, {"hardware": "a6000", "use_case": "instruction-following"}),
         "deployment": {"hardware": "a6000", "mode": "sync", "use_case": "instruction-following",
                        "latency_slo_s": None, "min_recovery": 0.95, "budget_usd_per_hour": None},
         "provenance": {"quantstudy": "0.1", "time": "2026-01-01T00:00:00Z"},

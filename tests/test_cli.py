@@ -148,3 +148,17 @@ def test_evaluate_piped_and_json(tmp_path):
     assert "…" not in table.stdout and "recovery % [95% CI]" in table.stdout   # 60 columns asked, all shown
     report = json.loads(_piped(*args, "--json").stdout)
     assert report["tasks"]["ppl"]["n"] == 2 and report == json.loads((tmp_path / "e.json").read_text())
+
+
+def test_predict_on_a_fixed_node_prices_every_format_there():
+    out = _piped("predict", "--model-config", "llama-3.1-70b", "--gpu", "h100", "--format", "bf16,w8a8-fp8,w4a16",
+                 "--use-case", "rag", "--gpus", "8", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert {r["fmt"] for r in rows} == {"bf16", "w8a8-fp8", "w4a16"}
+    for r in rows:
+        assert r["gpus"] == 8 and r["async_gpus"] == 8 and r["layout"] and r["curve"]
+        assert max(p["requests_per_s"] for p in r["curve"]) == pytest.approx(r["requests_per_s"])
+    odd = _piped("predict", "--model-config", "llama-3.1-70b", "--gpu", "h100", "--format", "bf16,w4a16",
+                 "--use-case", "rag", "--gpus", "3")
+    assert odd.returncode == 0 and "budget s" in odd.stdout   # w4a16 fits 3 replicas; bf16 has no 3-GPU layout

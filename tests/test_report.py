@@ -41,7 +41,9 @@ def test_html_has_every_section_and_one_png_per_plot(built, study):
     for key in ("answer", "model", "variants", "accuracy", "similarity", "performance", "recommendation", "preflight"):
         body = _section(page, key)
         assert re.sub(r"<[^>]+>", "", body).strip() and "Not run in this study" not in body, key
-    assert page.count('src="data:image/png;base64,') == 4   # recovery, similarity, latency-throughput, Pareto
+    # recovery, similarity, latency-throughput (measured), its predicted curve on the deployment, Pareto
+    assert page.count('src="data:image/png;base64,') == 5
+    assert "predicted requests/s against latency" in _section(page, "performance")
     assert not re.search(r'(?:src|href)\s*=\s*"(?!data:|#)', page)
     assert "http" not in " ".join(re.findall(r'(?:src|href)="([^"]*)"', page))
     assert "<script" not in page and "&lt;script&gt;" in page

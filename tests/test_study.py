@@ -52,6 +52,7 @@ engine: hf
     ("model: m\nevaluate:\n  until_decided: true\n  round: many\n", 4, r"evaluate\.round: must be an integer >= 10"),
     ("model: m\nevaluate: {until_decided: yes please}\n", 2, r"evaluate\.until_decided: must be true or false"),
     ("model: m\nevaluate: {twin: 1}\n", 2, r"evaluate\.twin: must be true or false"),
+    ("model: m\ndeployment: {hardware: h100, gpus: 0}\n", 2, r"deployment\.gpus: must be an integer >= 1"),
 ])
 def test_config_errors_are_one_line_naming_file_line_and_field(text, line, pattern):
     with pytest.raises(QuantstudyError) as err:

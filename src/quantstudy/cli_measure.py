@@ -119,12 +119,18 @@ def predict(
     format_: str = typer.Option("bf16,w8a8-fp8,w8a8-int8,w4a16", "--format", help="Comma-separated formats."),
     use_case: str = typer.Option("code-completion,instruction-following",
                                  help="Comma-separated use cases, or 'all' (the paper's seven)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="Price every format on exactly this many GPUs "
+                                       "(e.g. 8 for a node): data-parallel replicas of its smallest tensor-parallel "
+                                       "size, or a larger TP where that is faster, plus each format's "
+                                       "latency-throughput curve. Default: each format on the fewest GPUs that hold it."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Predict serving latency, throughput, GPU count and queries per dollar with the roofline model.
 
-    For hardware not at hand: datasheet ceilings times efficiencies fitted to the paper's
-    published A6000 runs and measured on an H200 (see README). Formats a card cannot run
+    For hardware not at hand: datasheet ceilings times efficiencies fitted to a third of the
+    published vLLM measurements in bench/data/vllm_published.json and checked on the rest
+    (README: fitted and validated figures). Multi-GPU layouts pay vLLM's all-reduces over the
+    card's link (NVLink, PCIe) and pipeline hand-offs across nodes. Formats a card cannot run
     natively are flagged (preflight), and predicted with the fallback kernel vLLM uses.
     """
     from quantstudy.bench.roofline import resolve_hardware
@@ -148,11 +154,23 @@ def predict(
 
         from quantstudy.bench.cost import cost_table
 
-        print_json([{"shape": model_config, "use_case": case, **dataclasses.asdict(row)}
-                    for case in cases for row in cost_table(shape, formats, hardwares, case)])
+        rows = [{"shape": model_config, "use_case": case, **dataclasses.asdict(row)}
+                for case in cases for row in cost_table(shape, formats, hardwares, case, gpus=gpus)]
+        if gpus:
+            from quantstudy.bench.views import deployment_curves
+
+            for row in rows:
+                curve = deployment_curves(shape, [row["fmt"]], row["hardware"], row["use_case"], gpus)
+                row["curve"] = [dataclasses.asdict(p) for d in curve for p in d.curve]
+        print_json(rows)
         return
     for case in cases:
-        console.print(prediction_table(model_config, shape, formats, hardwares, case))
+        console.print(prediction_table(model_config, shape, formats, hardwares, case, gpus))
+        if gpus:
+            from quantstudy.bench.views import curve_table
+
+            for hw in hardwares:
+                console.print(curve_table(model_config, shape, formats, hw, case, gpus))
     for note in preflight_notes(formats, hardwares):
         console.print(f"[yellow]preflight:[/] {note}", highlight=False)
 
@@ -224,6 +242,14 @@ def bench(
                                               "default .venv-vllm or $QUANTSTUDY_VLLM_PYTHON."),
     slo_ttft: Optional[float] = typer.Option(None, help="Goodput SLO: time to first token, seconds."),
     slo_itl: Optional[float] = typer.Option(None, help="Goodput SLO: inter-token latency, seconds."),
+    tensor_parallel_size: int = typer.Option(1, help="GPUs each model is sharded over (vLLM tensor "
+                                             "parallelism); at most the GPUs the engine sees. GPU engines only."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="Share of each GPU's memory vLLM may use "
+                                                           "(default: vLLM's). GPU engines only."),
+    max_model_len: Optional[int] = typer.Option(None, help="vLLM's context limit (default: the longest "
+                                                "request, rounded up to 256, capped at the model's context)."),
+    eager: Optional[bool] = typer.Option(None, "--eager/--no-eager", help="Force eager mode on or off (default: "
+                                         "eager on a CPU engine, CUDA graphs on a GPU)."),
     out: Path = typer.Option(Path("runs/bench.json"), help="Results as JSON."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The results are also written to --out."),
 ) -> None:
@@ -231,11 +257,12 @@ def bench(
 
     Starts `vllm serve` (the API server) for the baseline and each variant in turn, from the
     vLLM environment, drives it with streaming requests of exact token counts, and shuts it
-    down. Formats the engine cannot run on this hardware are skipped with the reason.
+    down. Formats the engine cannot run on this hardware are skipped with the reason. The
+    hardware is what the engine's environment reports (a GPU box needs CUDA vLLM: `make vllm-env`).
     """
     import json
 
-    from quantstudy.bench.plan import execute, local_hardware, plan_runs
+    from quantstudy.bench.plan import check_engine_options, execute, local_hardware, plan_runs
     from quantstudy.bench.roofline_constants import USE_CASES
     from quantstudy.bench.runner import bench_table
     from quantstudy.models import resolve_model
@@ -245,8 +272,27 @@ def bench(
     cases = list(USE_CASES) if use_cases == "all" else [u.strip() for u in use_cases.split(",") if u.strip()]
     rate_values = [float(r) for r in rates.split(",") if r.strip()]
     models = [("baseline", Path(resolve_model(model)))] + [(v.name, Path(v)) for v in variant]
-    plan = plan_runs(models, local_hardware() if url is None else None, profile_names, requests, concurrency,
-                     fallback_requests)
+    server_options = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
+                      "max_model_len": max_model_len, "enforce_eager": eager}
+    if url is not None:
+        flags = {"tensor_parallel_size": "--tensor-parallel-size", "gpu_memory_utilization":
+                 "--gpu-memory-utilization", "max_model_len": "--max-model-len", "enforce_eager": "--eager/--no-eager"}
+        given = [flags[k] for k, v in server_options.items()
+                 if v is not None and (k, v) != ("tensor_parallel_size", 1)]
+        if given:
+            raise QuantstudyError(f"{', '.join(given)}: options for a server quantstudy starts; with --url the "
+                                  "endpoint runs as its owner started it")
+        hardware = None
+    else:
+        check_engine_options(vllm_python, tensor_parallel_size, gpu_memory_utilization)
+        from quantstudy.inference.device import probe_devices
+
+        probe = probe_devices(vllm_python)
+        err_console.print(f"engine device: {probe.summary()}", highlight=False)
+        if probe.note:
+            err_console.print(f"[yellow]note:[/] {probe.note}", highlight=False)
+        hardware = local_hardware(vllm_python)
+    plan = plan_runs(models, hardware, profile_names, requests, concurrency, fallback_requests)
     results = []
     for run in plan:
         name = Path(run.folder).name
@@ -258,7 +304,7 @@ def bench(
                               "request(s) only", highlight=False)
         err_console.print(f"serving {name} ({run.fmt}) …")
         results += execute(run, cases, scale, concurrency, rate_values, python=vllm_python, url=url,
-                           slo_ttft_s=slo_ttft, slo_itl_s=slo_itl)
+                           slo_ttft_s=slo_ttft, slo_itl_s=slo_itl, **server_options)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([r.to_dict() for r in results], indent=1))
     if as_json:

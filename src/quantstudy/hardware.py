@@ -26,6 +26,7 @@ class GPU:
     hbm_tb_s: float                      # memory bandwidth, TB/s (10^12 bytes/s)
     tflops: dict = field(hash=False)     # dense tensor-core rate per GEMM dtype, 10^12 op/s
     compute_capability: tuple[int, int] = (0, 0)
+    link: str = "pcie4"                  # GPU-to-GPU link in a node (bench.collectives.LINKS)
 
     def peak_flops(self, gemm_dtype: str) -> float | None:
         """Op/s for a GEMM dtype ('bf16', 'fp8', 'int8'); None where the card has no such unit."""
@@ -44,13 +45,15 @@ class GPU:
 
 GPUS: dict[str, GPU] = {g.name: g for g in [
     # Ampere workstation: FP16/BF16 tensor rate with FP32 accumulate, no FP8 unit.
-    GPU("a6000", 48, 0.768, {"bf16": 154.8, "int8": 309.7}, (8, 6)),
-    GPU("a100", 80, 2.039, {"bf16": 312.0, "int8": 624.0}, (8, 0)),
-    GPU("l40s", 48, 0.864, {"bf16": 362.0, "fp8": 733.0, "int8": 733.0}, (8, 9)),
-    GPU("h100", 80, 3.35, {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}, (9, 0)),
+    # Workstation and PCIe cards talk over PCIe 4.0 (an A6000 pair's NVLink bridge is not
+    # assumed: servers of 4-8 A6000s rarely have one); SXM parts over NVLink through NVSwitch.
+    GPU("a6000", 48, 0.768, {"bf16": 154.8, "int8": 309.7}, (8, 6), "pcie4"),
+    GPU("a100", 80, 2.039, {"bf16": 312.0, "int8": 624.0}, (8, 0), "nvlink3"),
+    GPU("l40s", 48, 0.864, {"bf16": 362.0, "fp8": 733.0, "int8": 733.0}, (8, 9), "pcie4"),
+    GPU("h100", 80, 3.35, {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}, (9, 0), "nvlink4"),
     # Same Hopper die as the H100 with more and faster HBM3e.
-    GPU("h200", 141, 4.8, {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}, (9, 0)),
-    GPU("b200", 180, 8.0, {"bf16": 2250.0, "fp8": 4500.0, "int8": 4500.0}, (10, 0)),
+    GPU("h200", 141, 4.8, {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}, (9, 0), "nvlink4"),
+    GPU("b200", 180, 8.0, {"bf16": 2250.0, "fp8": 4500.0, "int8": 4500.0}, (10, 0), "nvlink5"),
 ]}
 
 
@@ -95,3 +98,22 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def device_entry(name: str, memory_gib: float | None = None,
+                 compute_capability: tuple[int, int] | None = None) -> GPU:
+    """A device as its driver reports it ('NVIDIA A100-SXM4-40GB', 39.6 GiB, (8, 0)) as a
+    hardware entry: the catalogue's card under its catalogue name (so bench, predictions and
+    the deployment still match) with the memory and compute capability the device reports --
+    an A100 may hold 40 or 80 GB. A card outside the catalogue ('NVIDIA L4') keeps its own
+    name and has no rates (`tflops` empty, no bandwidth): preflight then decides by compute
+    capability alone, and nothing is predicted for it."""
+    import dataclasses
+
+    cc = tuple(compute_capability) if compute_capability and tuple(compute_capability) != (0, 0) else None
+    memory = round(memory_gib, 1) if memory_gib else None
+    known = find_gpu(name)
+    if known is None:
+        return GPU(name.strip(), memory or 0.0, 0.0, {}, cc or (0, 0))
+    changes = {"memory_gb": memory, "compute_capability": cc}
+    return dataclasses.replace(known, **{k: v for k, v in changes.items() if v is not None})

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantstudy.bench.records import MeasuredRun, PredictedRow
+from quantstudy.bench.records import MeasuredRun, PredictedCurve, PredictedRow
 from quantstudy.compare.records import ComparisonReport
 from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate.summary import EvaluationReport
@@ -118,6 +118,7 @@ class Deployment:
     latency_slo_s: float | None = None
     min_recovery: float | dict[str, float] = 0.99
     budget_usd_per_hour: float | None = None
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class StudyResults:
     compare: ComparisonReport | None = None
     bench: BenchSection | None = None
     predicted: tuple[PredictedRow, ...] = ()
+    curves: tuple[PredictedCurve, ...] = ()     # the deployment's latency-throughput curve per format
     deployment: Deployment | None = None
     provenance: dict = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()

@@ -78,6 +78,16 @@ class CostRow:
     async_queries_per_usd: float
     async_gpus: int = 0       # the GPU count that maximises async queries per dollar
     note: str = ""
+    layout: str = ""          # sync: the layout a lone request runs on ('TP2', '4x TP2', ...)
+    async_layout: str = ""    # async: the layout at the best throughput
+    saturation_rps: float = 0.0       # fixed deployments: the lightest load within 5% of the best
+    saturation_latency_s: float = 0.0 # ... and a request's latency there
+
+
+def _layout_label(pred: Prediction) -> str:
+    if pred.hardware.startswith("cpu"):
+        return ""
+    return f"TP{pred.tp}" + (f"xPP{pred.pp}" if pred.pp > 1 else "")
 
 
 def _layouts(start: int, limit: int) -> list[int]:
@@ -85,12 +95,31 @@ def _layouts(start: int, limit: int) -> list[int]:
     return counts or [start]
 
 
+def fixed_row(shape: ModelShape, fmt: str, hw: GPU, use_case, gpus: int, price: float) -> CostRow:
+    """One format on exactly `gpus` cards: every GPU is paid for whatever the format needs.
+    Sync: a lone request on the fastest layout, each replica serving its own stream. Async:
+    the layout and load serving the most requests/s (`deployment.predict_deployment`)."""
+    from quantstudy.bench.deployment import predict_deployment
+
+    support = preflight(fmt, hw)
+    try:
+        d = predict_deployment(shape, fmt, hw, gpus, use_case)
+    except QuantstudyError as exc:
+        return CostRow(fmt, hw.name, support.status, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, str(exc))
+    total = price * gpus
+    return CostRow(fmt, hw.name, support.status, gpus, total, d.latency_s,
+                   3600.0 * d.latency_replicas / (d.latency_s * total), d.requests_per_s, d.requests_per_s * 3600.0 / total,
+                   gpus, d.note, d.latency_layout, d.throughput_layout, d.saturation.requests_per_s,
+                   d.saturation.latency_s)
+
+
 def cost_table(shape: ModelShape, formats, hardwares, use_case, prices: dict | None = None,
-               async_scale: int = 4) -> list[CostRow]:
+               async_scale: int = 4, gpus: int | None = None) -> list[CostRow]:
     """One row per (format, hardware). Sync: the fewest GPUs that hold the model at the use
     case's context (more only split the same memory-bound step, at more cost). Async: the
     best queries per dollar over layouts up to `async_scale` x that minimum, because a model
-    that barely fits has no room left for KV cache and so for batching (70B FP8 on one H100)."""
+    that barely fits has no room left for KV cache and so for batching (70B FP8 on one H100).
+    With `gpus`, every format is priced on that many cards instead (`fixed_row`)."""
     prices = prices or load_prices()
     rows = []
     for hw_ref in hardwares:
@@ -100,6 +129,9 @@ def cost_table(shape: ModelShape, formats, hardwares, use_case, prices: dict | N
             support = preflight(fmt, hw)
             if not support.runs:
                 rows.append(CostRow(fmt, hw.name, "refused", 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, support.reason))
+                continue
+            if gpus is not None and not hw.is_cpu:
+                rows.append(fixed_row(shape, fmt, hw, use_case, gpus, price))
                 continue
             try:
                 pred = predict(shape, fmt, hw, use_case)
@@ -115,5 +147,6 @@ def cost_table(shape: ModelShape, formats, hardwares, use_case, prices: dict | N
             rows.append(CostRow(fmt, hw.name, support.status, pred.gpus, price * pred.gpus, pred.latency_s,
                                 sync_queries_per_dollar(pred, price), best.requests_per_s,
                                 async_queries_per_dollar(best, price), best.gpus,
-                                support.reason if support.status == "fallback" else ""))
+                                support.reason if support.status == "fallback" else "",
+                                _layout_label(pred), _layout_label(best)))
     return rows

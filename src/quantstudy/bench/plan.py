@@ -41,20 +41,29 @@ class PlannedRun:
         return self.status == "refused"
 
 
-def local_hardware() -> GPU:
-    """The machine a local engine runs on: the GPU torch sees, else this CPU, measured."""
-    try:
-        import torch
+def local_hardware(python=None) -> GPU:
+    """The hardware a local engine runs on, as the engine's own environment sees it (the main
+    environment's torch is the CPU build and cannot tell): its first GPU as a catalogue entry
+    with the memory and compute capability the card reports (`hardware.device_entry`), else
+    this CPU, measured. Asked once per process (`inference.device.probe_devices`)."""
+    from quantstudy.inference.device import probe_devices
 
-        if torch.cuda.is_available():
-            from quantstudy.hardware import get_gpu
-
-            return get_gpu(torch.cuda.get_device_name(0))
-    except QuantstudyError:
-        pass
+    entry = probe_devices(python).entry()
+    if entry is not None:
+        return entry
     from quantstudy.bench.cpu import measure_cpu
 
     return measure_cpu()
+
+
+def check_engine_options(python=None, tensor_parallel_size: int = 1,
+                         gpu_memory_utilization: float | None = None) -> None:
+    """Preflight for the server itself, before any model is served: a CPU engine takes no
+    tensor parallelism or GPU memory share, and a GPU engine no more shards than it has cards."""
+    from quantstudy.inference.device import check_server_options, probe_devices
+
+    probe = probe_devices(python)
+    check_server_options(probe.accelerator, tensor_parallel_size, gpu_memory_utilization, probe.count)
 
 
 def plan_run(name: str, folder: str | os.PathLike, fmt: str, status: str, reason: str, modes: Sequence[str],
@@ -93,13 +102,19 @@ def plan_runs(models: Sequence[tuple[str, str | os.PathLike]], hardware: GPU | N
 
 def execute(run: PlannedRun, use_cases: Sequence[str], scale: float = 1.0, concurrency: int = 8,
             rates: Sequence[float] = (), *, python=None, url: str | None = None, slo_ttft_s: float | None = None,
-            slo_itl_s: float | None = None, on_result=None) -> list[BenchResult]:
-    """Serve one planned model and run its workloads; a refused one measures nothing."""
+            slo_itl_s: float | None = None, on_result=None, tensor_parallel_size: int = 1,
+            gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
+            enforce_eager: bool | None = None) -> list[BenchResult]:
+    """Serve one planned model and run its workloads; a refused one measures nothing.
+    `max_model_len` None: room for the longest request (`runner.default_max_model_len`);
+    `enforce_eager` None: what the engine needs (eager on a CPU, CUDA graphs on a GPU)."""
     if run.skipped:
         return []
     return run_bench(Path(run.folder), None, list(use_cases), list(run.modes), scale=scale, requests=run.requests,
                      concurrency=concurrency, rates=rates, url=url, python=python, fmt=run.fmt,
                      slo_ttft_s=slo_ttft_s, slo_itl_s=slo_itl_s, on_result=on_result,
+                     tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                     max_model_len=max_model_len, enforce_eager=enforce_eager,
                      max_output_tokens=run.max_output_tokens, warmup_tokens=1 if run.max_output_tokens else 8)
 
 
@@ -123,7 +138,7 @@ def serving_plan(models: Sequence[tuple[str, str | os.PathLike]], engine: str = 
         except QuantstudyError as exc:
             reason = str(exc)
     if own and reason is None:
-        hardware = hardware or local_hardware()
+        hardware = hardware or local_hardware(python)
     for name, folder in own:
         fmt = checkpoint_format(folder)
         if reason is not None:

@@ -58,7 +58,12 @@ def _cpu_support(fmt: str, hw: GPU) -> Support:
 
 def _gpu_support(fmt: str, hw: GPU) -> Support:
     cc = hw.compute_capability
-    has_fp8 = cc >= (8, 9) and hw.peak_flops("fp8") is not None
+    # A card outside the catalogue (`hardware.device_entry`: rates unknown, tflops empty) is
+    # judged by its compute capability alone; a catalogued one must also list the unit.
+    def has_unit(dtype: str) -> bool:
+        return not hw.tflops or hw.peak_flops(dtype) is not None
+
+    has_fp8 = cc >= (8, 9) and has_unit("fp8")
     name = f"{hw.name} (sm_{cc[0]}{cc[1]})"
     if fmt == BASELINE:
         return Support("native", "cublas-bf16", "BF16 tensor-core GEMM")
@@ -75,7 +80,7 @@ def _gpu_support(fmt: str, hw: GPU) -> Support:
             return Support("native", "cutlass-fp8-block", "block-scaled FP8 GEMM")
         return Support("refused", "", f"{name}: block FP8 needs compute capability >= 8.9")
     if fmt == "w8a8-int8":
-        if cc >= (7, 5) and hw.peak_flops("int8") is not None:
+        if cc >= (7, 5) and has_unit("int8"):
             return Support("native", "cutlass-int8", "CUTLASS INT8 GEMM with fused per-token/channel scales")
         return Support("refused", "", f"{name}: INT8 W8A8 needs compute capability >= 7.5")
     if fmt in ("w4a16", "w4a16-asym", "w8a16"):

@@ -24,6 +24,10 @@ class MeasuredRun:
     hardware: dict = field(default_factory=dict)
     requests: int = 0
     variant: str | None = None
+    # What ran it: vLLM's tensor-parallel size and the device's name ('NVIDIA H100 80GB HBM3',
+    # 'cpu (AMD EPYC 9R14)'). An attached endpoint, or a record from before these fields: 1, ''.
+    tensor_parallel_size: int = 1
+    device: str = ""
 
     @property
     def mode(self) -> str:
@@ -61,3 +65,33 @@ class PredictedRow:
     async_queries_per_usd: float
     async_gpus: int = 0
     note: str = ""
+    layout: str = ""
+    async_layout: str = ""
+    saturation_rps: float = 0.0
+    saturation_latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One load on a fixed deployment: `deployment.LoadPoint` as stored."""
+
+    layout: str
+    replicas: int
+    concurrency: int
+    latency_s: float
+    itl_s: float
+    requests_per_s: float
+
+
+@dataclass(frozen=True)
+class PredictedCurve:
+    """A format's latency-throughput envelope on `gpus` cards (`deployment.predict_deployment`)."""
+
+    shape: str
+    use_case: str
+    fmt: str
+    hardware: str
+    gpus: int
+    points: tuple[CurvePoint, ...] = ()
+    saturation_rps: float = 0.0
+    saturation_latency_s: float = 0.0

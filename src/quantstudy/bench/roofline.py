@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
+from quantstudy.bench.collectives import LINKS, NETWORK, NETWORK_BY_LINK, all_reduce_s, pipeline_hop_s
 from quantstudy.bench.preflight import BASELINE, preflight
-from quantstudy.bench.roofline_constants import (ALLREDUCE_S, CPU_FACTORS, GPU_FACTORS, KERNELS, KV_BYTES,
+from quantstudy.bench.roofline_constants import (CPU_FACTORS, GPU_FACTORS, KERNELS, KV_BYTES,
                                                  MAX_NUM_SEQS, MEMORY_UTILIZATION, NODE_GPUS, SCALE_BYTES,
                                                  USE_CASES, Factors)
 from quantstudy.errors import QuantstudyError
@@ -117,6 +118,11 @@ class KernelTimes:
         self.lin_bytes = linear_weight_bytes(shape, fmt)
         self.forward_s = factors.per_forward.get(self.support.kernel, 0.0) * self._mem_time(self.lin_bytes)
         self.head_params = shape.vocab * shape.hidden
+        self.link = None if hw.is_cpu else LINKS[hw.link]
+        self.network = NETWORK_BY_LINK.get(hw.link, NETWORK)
+        # Fixed per-layer costs (kernel launches, norms, rotary, the sampler's share) do not
+        # shrink when a layer is split across GPUs: this is what makes TP less than linear.
+        self.fixed_s = factors.step_overhead_s + shape.layers * factors.layer_overhead_s
 
     def _flops_rate(self, dtype: str) -> float:
         peak = self.hw.peak_flops(dtype) or self.hw.peak_flops("bf16")  # no unit: bf16 path
@@ -128,6 +134,13 @@ class KernelTimes:
     def _attn_flops(self, tokens: int, context: float) -> float:
         # QK^T and PV: 2 matmuls x 2 flops per multiply-add over every cached position.
         return 4.0 * self.shape.layers * self.shape.heads * self.shape.head_dim * tokens * context
+
+    def comm(self, tokens: float) -> float:
+        """Wire time of one forward over `tokens` rows: two all-reduces per layer under TP
+        (vLLM's algorithm for the message size and link) and a hand-off per stage boundary."""
+        message = 2.0 * tokens * self.shape.hidden
+        t = 2 * self.shape.layers * all_reduce_s(message, self.tp, self.link) if self.tp > 1 else 0.0
+        return t + (self.pp - 1) * pipeline_hop_s(message, self.network) if self.pp > 1 else t
 
     def linears(self, tokens: int) -> tuple[float, float]:
         """(compute s, memory s) of every decoder linear for `tokens` rows (the per-forward
@@ -142,20 +155,23 @@ class KernelTimes:
                    self._mem_time(2.0 * self.head_params))
         attn = max(self._mem_time(batch * context * self.shape.kv_bytes_per_token(KV_BYTES)),
                    self._attn_flops(batch, context) / self._flops_rate("bf16"))
-        comm = 2 * self.shape.layers * ALLREDUCE_S if self.tp > 1 else 0.0
         # A pipeline stage holds 1/pp of the layers but a token crosses all of them in turn,
-        # so the per-token time is that of the whole model at this TP degree.
-        return self.forward_s + lin + head + attn + comm + self.f.step_overhead_s
+        # so the per-token time is that of the whole model at this TP degree plus the hand-offs.
+        return self.forward_s + lin + head + attn + self.comm(batch) + self.fixed_s
 
     def prefill_compute(self, tokens: int) -> float:
         lin, _ = self.linears(tokens)
-        return lin + self._attn_flops(tokens, tokens / 2) / self._flops_rate("bf16")
+        # Riding on a decode step, a prompt adds its arithmetic and its activations' bytes on
+        # the wire (the collectives' latency is paid by the step anyway).
+        wire = max(0.0, self.comm(tokens) - self.comm(1)) if self.tp * self.pp > 1 else 0.0
+        return lin + self._attn_flops(tokens, tokens / 2) / self._flops_rate("bf16") + wire
 
     def prefill(self, tokens: int) -> float:
         # Alone, a prompt also has to stream the weights once: short prompts are memory-bound.
         lin = max(self.linears(tokens))
         attn = self._attn_flops(tokens, tokens / 2) / self._flops_rate("bf16")
-        return self.forward_s + lin + attn + self._mem_time(2.0 * self.head_params) + self.f.step_overhead_s
+        return (self.forward_s + lin + attn + self._mem_time(2.0 * self.head_params) + self.comm(tokens)
+                + self.fixed_s)
 
 
 def predict(shape: ModelShape, fmt: str, hardware: GPU | str, use_case: str | tuple[int, int],

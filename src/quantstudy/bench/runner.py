@@ -60,12 +60,25 @@ def checkpoint_format(model_dir: str | os.PathLike) -> str:
         return config["quantization_config"].get("quant_method", "quantized")
 
 
-def describe_hardware(engine: EngineInfo) -> dict:
+def describe_hardware(engine: EngineInfo, probe=None) -> dict:
+    """Where a run was served: the host and its CPU, and for an engine we started the devices
+    its environment reported (`inference.device.DeviceProbe`: names, memory, compute
+    capability, count, torch/CUDA/driver versions)."""
     from quantstudy.hardware import cpu_model
 
     here = {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count()}
     # An attached endpoint may run anywhere: what we know is only where the client ran.
-    return {"engine_host": "local", **here} if engine.managed else {"engine_host": engine.url, "client": here}
+    if not engine.managed:
+        return {"engine_host": engine.url, "client": here}
+    return {"engine_host": "local", **here, **(probe.describe() if probe is not None else {})}
+
+
+def device_label(probe, hardware: dict) -> str:
+    """One phrase for what ran a benchmark: 'NVIDIA H100 80GB HBM3' or 'cpu (AMD EPYC ...)';
+    '' for an endpoint someone else runs."""
+    if probe is None:
+        return ""
+    return probe.devices[0].name if probe.devices else f"cpu ({hardware.get('cpu', 'unknown')})"
 
 
 def default_max_model_len(shapes: Sequence[tuple[int, int]], model_dir: str | os.PathLike) -> int:
@@ -104,7 +117,9 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
               mode: str | Sequence[str] = "synchronous", scale: float = 1.0, requests: int | dict[str, int] = 8,
               concurrency: int = 8, rates: Sequence[float] = (), *, url: str | None = None,
               python: str | Sequence[str] | None = None, max_model_len: int | None = None,
-              enforce_eager: bool = True, slo_ttft_s: float | None = None, slo_itl_s: float | None = None,
+              enforce_eager: bool | None = None, tensor_parallel_size: int = 1,
+              gpu_memory_utilization: float | None = None,
+              slo_ttft_s: float | None = None, slo_itl_s: float | None = None,
               seed: int = 0, warmup: int = 1, strict: bool = True, fmt: str | None = None,
               server_options: dict | None = None, max_output_tokens: int | None = None,
               warmup_tokens: int = 8,
@@ -119,7 +134,9 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
     `max_output_tokens` caps every use case's output (a format the engine only emulates is
     timed on a few tokens: its per-token cost is the finding, and can be tens of seconds).
     With `strict`, a request that failed or whose token counts differ from what was asked
-    raises -- such a run would not measure the shape it claims to."""
+    raises -- such a run would not measure the shape it claims to. `enforce_eager` None: eager
+    on a CPU engine, CUDA graphs on a GPU; `tensor_parallel_size` and `gpu_memory_utilization`
+    are for GPU engines (a CPU engine refuses them before starting)."""
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -134,11 +151,22 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fmt = fmt or checkpoint_format(model_dir)
     if url is None:
+        need = max(p + o for p, o in shapes)
+        if max_model_len and max_model_len < need:
+            raise QuantstudyError(f"--max-model-len {max_model_len} is shorter than the longest request "
+                                  f"({need} tokens)")
         max_model_len = max_model_len or default_max_model_len(shapes, model_dir)
+    probe = None
+    if url is None:
+        from quantstudy.inference.device import probe_devices
+
+        probe = probe_devices(python)   # cached: the server's own start asks the same
     results: list[BenchResult] = []
     with VLLMServer(model_dir, name, url=url, python=python, max_model_len=max_model_len,
-                    enforce_eager=enforce_eager, **(server_options or {})) as server:
-        info, hardware = server.info, describe_hardware(server.info)
+                    enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
+                    gpu_memory_utilization=gpu_memory_utilization, **(server_options or {})) as server:
+        info, hardware = server.info, describe_hardware(server.info, probe)
+        device = device_label(probe, hardware)
         for k, (label, (prompt, output)) in enumerate(zip(labels, shapes)):
             if warmup:
                 run_load(server.url, info.served_name,
@@ -158,7 +186,8 @@ def run_bench(model_dir: str | os.PathLike, name: str | None = None,
                     raise QuantstudyError(f"bench {label} {profile.label}: {metrics['failed']} failed, "
                                           f"{metrics['mismatched_tokens']} with wrong token counts; e.g. {why}")
                 result = BenchResult(str(model_dir), fmt, label, prompt, output, scale, profile.kind,
-                                     profile.params(), metrics, asdict(info), hardware, done)
+                                     profile.params(), metrics, asdict(info), hardware, done,
+                                     tensor_parallel_size=tensor_parallel_size if url is None else 1, device=device)
                 results.append(result)
                 if on_result:
                     on_result(result)

@@ -53,7 +53,8 @@ def build_report(results, out_dir: str | Path) -> dict[str, Path]:
         "performance_predicted": tables.predicted_table(results), "recommendation": tables.recommendation_table(rec),
     }
     figures = {"recovery": plots.recovery_plot(results), "similarity": plots.similarity_plot(results),
-               "latency_throughput": plots.latency_throughput_plot(results), "pareto": plots.pareto_plot(rec)}
+               "latency_throughput": plots.latency_throughput_plot(results), "pareto": plots.pareto_plot(rec),
+               "predicted_curve": plots.predicted_curve_plot(results)}
     paths: dict[str, Path] = {}
 
     def write(name: str, text: str) -> None:

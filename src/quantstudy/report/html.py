@@ -94,10 +94,13 @@ def _observation(results: StudyResults, cmp) -> str:
             + bullet_list(items) + f"<p>{esc(STS_CAVEAT)}.</p>")
 
 
-def _performance(results: StudyResults, measured: Table, predicted: Table, png: bytes | None) -> str:
+def _performance(results: StudyResults, measured: Table, predicted: Table, png: bytes | None,
+                 curve_png: bytes | None = None) -> str:
     out = ["<h3>Measured</h3>"]
     out += [table_html(measured), figure(png, "latency vs throughput per format")] if measured.rows else [MISSING]
     out += ["<h3>Predicted</h3>", table_html(predicted)]
+    if curve_png:
+        out.append(figure(curve_png, "predicted requests/s against latency on the deployment's GPUs, per format"))
     return "".join(out)
 
 
@@ -175,7 +178,7 @@ def render(results: StudyResults, rec: Recommendation | None, rec_error: str | N
         "accuracy": accuracy,
         "similarity": _similarity(results, tables["similarity"], figures["similarity"]),
         "performance": _performance(results, tables["performance_measured"], tables["performance_predicted"],
-                                    figures["latency_throughput"]),
+                                    figures["latency_throughput"], figures.get("predicted_curve")),
         "recommendation": _recommendation(rec, rec_error, tables["recommendation"], figures["pareto"]),
         "preflight": bullet_list(pre) if pre else "<p>Every format considered runs natively on its hardware.</p>",
     }

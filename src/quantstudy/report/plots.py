@@ -118,6 +118,30 @@ def latency_throughput_plot(results: StudyResults) -> bytes | None:
     return _png(fig)
 
 
+def predicted_curve_plot(results: StudyResults) -> bytes | None:
+    """Predicted requests/s against a request's latency on the deployment's GPUs, one line per
+    format (the best layout and load for each latency); the saturation point marked. Where the
+    lines cross, the format serving most under that latency budget changes (the paper's
+    crossover: 4-bit weights at tight budgets, 8-bit arithmetic at high load)."""
+    curves = [c for c in results.curves if c.points]
+    if not curves:
+        return None
+    fig, ax = _figure()
+    for i, c in enumerate(curves):
+        color = COLORS[i % len(COLORS)]
+        ax.plot([p.latency_s for p in c.points], [p.requests_per_s for p in c.points], color=color, marker=".",
+                label=c.fmt.upper())
+        ax.plot([c.saturation_latency_s], [c.saturation_rps], marker="o", markersize=9, markerfacecolor="none",
+                color=color, linestyle="none")
+    c0 = curves[0]
+    ax.set_xscale("log")
+    ax.set_xlabel("latency of one request (s, log scale)")
+    ax.set_ylabel("requests/s, whole deployment")
+    ax.set_title(f"Predicted on {c0.gpus}x {c0.hardware}, {c0.use_case} (rings: saturation)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def pareto_plot(rec: Recommendation | None) -> bytes | None:
     """Recovery vs queries/$: the front as a line, the chosen point ringed; circles measured,
     triangles predicted; hollow markers fail a constraint."""

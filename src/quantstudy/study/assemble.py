@@ -52,7 +52,7 @@ def _interval_note(evaluation) -> str | None:
 
 
 def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dict, evaluation, comparison, bench,
-             predicted: list, failures: list) -> StudyResults:
+             predicted: dict, failures: list) -> StudyResults:
     """The study's results from its stored job records (JSON), typed."""
     from quantstudy.compare.records import ComparisonReport
     from quantstudy.evaluate.summary import EvaluationReport
@@ -101,7 +101,8 @@ def assemble(cfg, base_folder: Path, model_fp: str, started: str, quantized: dic
         "evaluate": evaluation,
         "compare": comparison,
         "bench": bench,
-        "predicted": predicted,
+        "predicted": predicted.get("rows", []),
+        "curves": predicted.get("curves", []),
         "deployment": _deployment(cfg),
         "provenance": {**prov, "started": started, "config": cfg.source},
         "failures": failures,

@@ -91,6 +91,20 @@ class BenchConfig:
     concurrency: int = 4
     rates: tuple[float, ...] = ()
     vllm_python: str | None = None   # default: .venv-vllm or $QUANTSTUDY_VLLM_PYTHON
+    # The server on a GPU box (a CPU engine refuses the first two): GPUs per model, vLLM's
+    # memory share (None: vLLM's default), its context (None: the longest request, rounded
+    # up), eager mode (None: eager on a CPU, CUDA graphs on a GPU).
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
+
+    def server_options(self) -> dict:
+        """The options above that differ from their defaults (so a default study's job keys
+        stay what they were)."""
+        defaults = BenchConfig()
+        return {k: getattr(self, k) for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
+                                              "enforce_eager") if getattr(self, k) != getattr(defaults, k)}
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,9 @@ class DeploymentConfig:
     latency_slo_s: float | None = None
     min_recovery: float | dict = 0.99
     budget_usd_per_hour: float | None = None
+    # Price every format on exactly this many GPUs of `hardware` (a node: 8) instead of on the
+    # fewest that hold it; the report then plots each format's latency-throughput curve there.
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,9 @@ def bench_job(cfg, run, fp: str, hardware: dict) -> Job:
               "scale": b.scale, "modes": list(run.modes), "requests": run.requests, "concurrency": b.concurrency,
               "rates": list(b.rates), "hardware": hardware, "support": {"status": run.status, "reason": run.reason},
               "max_output_tokens": run.max_output_tokens, "code": __version__}
-    spec = {"run": dataclasses.asdict(run), "python": b.vllm_python}
+    if b.server_options():   # only when set: a default study keeps its job keys
+        inputs["server"] = b.server_options()
+    spec = {"run": dataclasses.asdict(run), "python": b.vllm_python, "server": b.server_options()}
     return Job("bench", run.name, inputs, spec)
 
 
@@ -238,7 +240,7 @@ def do_bench(job_key: str, inputs: dict, spec: dict) -> dict:
     if run.skipped:
         return {"skipped": run.reason, "measured": []}
     results = execute(run, inputs["use_cases"], inputs["scale"], inputs["concurrency"], inputs["rates"],
-                      python=spec["python"])
+                      python=spec["python"], **spec.get("server", {}))
     return {"skipped": None, "measured": [r.to_dict() for r in results]}
 
 
@@ -250,6 +252,9 @@ def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list)
     inputs = {"stage": "predict", "shape": _plain(shape), "shape_name": shape_name, "formats": formats,
               "hardware": [h if isinstance(h, str) else _plain(h) for h in hardware],
               "use_cases": list(p.use_cases),
+              # the deployment: a fixed GPU count prices every format there, and its curve is drawn
+              "deployment": ({"hardware": cfg.deployment.hardware, "use_case": cfg.deployment.use_case,
+                              "gpus": cfg.deployment.gpus} if cfg.deployment else None),
               "prices": hashlib.sha256(PRICES_FILE.read_bytes()).hexdigest(), "roofline": model_fingerprint(),
               "code": __version__}
     return Job("predict", "predict", inputs, {"hardware": hardware})
@@ -258,8 +263,41 @@ def predict_job(cfg, shape, shape_name: str, formats: list[str], hardware: list)
 def do_predict(job: Job, shape) -> dict:
     from quantstudy.bench.cost import cost_table
 
+    dep = job.inputs.get("deployment") or {}
+    fixed = dep.get("gpus")
     rows = []
     for use_case in job.inputs["use_cases"]:
         for row in cost_table(shape, job.inputs["formats"], job.spec["hardware"], use_case):
             rows.append({"shape": job.inputs["shape_name"], "use_case": use_case, **dataclasses.asdict(row)})
-    return {"rows": rows}
+        if fixed:   # the deployment's card on its fixed count, beside the fewest-GPU rows
+            for row in cost_table(shape, job.inputs["formats"], [dep["hardware"]], use_case, gpus=fixed):
+                rows.append({"shape": job.inputs["shape_name"], "use_case": use_case, **dataclasses.asdict(row)})
+    return {"rows": rows, "curves": deployment_curves(shape, job.inputs["shape_name"], job.inputs["formats"], dep)}
+
+
+def deployment_curves(shape, shape_name: str, formats: list[str], dep: dict) -> list[dict]:
+    """Each format's latency-throughput envelope on the deployment's GPUs: its fixed count, or
+    the fewest that hold every format that fits a node (so all are drawn on the same GPUs)."""
+    from quantstudy.bench.cost import gpus_needed
+    from quantstudy.bench.deployment import predict_deployment
+    from quantstudy.bench.preflight import preflight
+    from quantstudy.bench.roofline_constants import USE_CASES
+    from quantstudy.errors import QuantstudyError
+    from quantstudy.hardware import find_gpu
+
+    hw = find_gpu(dep.get("hardware"))
+    if hw is None:   # a CPU deployment: one machine, no layouts to sweep
+        return []
+    prompt, output = USE_CASES[dep["use_case"]]
+    needs = [gpus_needed(shape, f, hw, prompt + output) for f in formats if preflight(f, hw).runs]
+    gpus = dep.get("gpus") or max([n for n in needs if n] or [1])
+    out = []
+    for fmt in formats:
+        try:
+            d = predict_deployment(shape, fmt, hw, gpus, dep["use_case"])
+        except QuantstudyError:
+            continue
+        out.append({"shape": shape_name, "use_case": dep["use_case"], "fmt": fmt, "hardware": hw.name, "gpus": gpus,
+                    "points": [dataclasses.asdict(p) for p in d.curve], "saturation_rps": d.saturation.requests_per_s,
+                    "saturation_latency_s": d.saturation.latency_s})
+    return out

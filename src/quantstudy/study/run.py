@@ -158,9 +158,9 @@ class _Runner:
         from quantstudy.hardware import cpu_model
         from quantstudy.bench.plan import local_hardware, plan_runs
 
-        hw = local_hardware()
-        identity = {"name": hw.name, "host": platform.node(), "cpu": cpu_model()}
         b = self.cfg.bench
+        hw = local_hardware(b.vllm_python)   # server options were checked before any work (`_run`)
+        identity = {"name": hw.name, "host": platform.node(), "cpu": cpu_model()}
         fingerprints = {name: fp for name, _, fp in models}
         plan = plan_runs([(name, folder) for name, folder, _ in models], hw, b.modes, b.requests, b.concurrency,
                          b.fallback_requests, one_per_format=True)
@@ -258,6 +258,14 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
     model_fp = store.fingerprint(base_folder)
     # Every variant resolves (scheme, group size, recipe) before any work: a config error costs nothing.
     qjobs = [J.quantize_job(v, cfg, model_fp, cfg.model, base_folder, out, model_config) for v in cfg.variants]
+    if cfg.bench and cfg.bench.server_options():   # a GPU option the engine here cannot take, likewise
+        from quantstudy.bench.plan import check_engine_options
+
+        b = cfg.bench
+        try:
+            check_engine_options(b.vllm_python, b.tensor_parallel_size, b.gpu_memory_utilization)
+        except QuantstudyError as exc:
+            raise QuantstudyError(f"{cfg.source}: bench: {exc}") from None
     start_key = content_key(stage="study", model=model_fp, config={**cfg.to_dict(), "executor": None, "source": None})
     start = store.get(start_key)
     if start is None:
@@ -305,7 +313,7 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
         models = [(J.BASELINE, base_folder, model_fp)] + [(n, f, fp) for (n, fp), f in zip(ok, folders)]
         bench = runner.bench(models)
 
-    predicted = []
+    predicted: dict = {}
     if cfg.predict:
         from quantstudy.bench.cpu import measure_cpu
         from quantstudy.bench.views import resolve_shape
@@ -316,7 +324,7 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
         hardware = [measure_cpu() if h == "cpu" else h for h in cfg.predict.hardware]
         job = J.predict_job(cfg, shape, cfg.predict.shape or cfg.model, formats, hardware)
         rec = runner.run_inline(job, lambda: J.do_predict(job, shape))
-        predicted = rec["rows"] if rec else []
+        predicted = rec or {}
 
     runner.progress.update(runner.overall, total=runner.progress.tasks[0].completed)
     return assemble(cfg, base_folder, model_fp, start["started"], quantized, evaluation, comparison, bench,

@@ -240,6 +240,21 @@ class Checker:
     def _BenchConfig_vllm_python(self, v, p):
         return None if v is None else self.str_(v, p)
 
+    def _BenchConfig_tensor_parallel_size(self, v, p):
+        return self.int_(v, p)
+
+    def _BenchConfig_gpu_memory_utilization(self, v, p):
+        value = self.num(v, p, allow_none=True)
+        if value is not None and value > 1:
+            self.fail(p, f"must be a share of the GPU's memory in (0, 1], got {show(v)}")
+        return value
+
+    def _BenchConfig_max_model_len(self, v, p):
+        return self.int_(v, p, allow_none=True)
+
+    def _BenchConfig_enforce_eager(self, v, p):
+        return None if v is None else self.bool_(v, p)
+
     # predict and deployment
     def _PredictConfig_shape(self, v, p):
         return None if v is None else self.str_(v, p)
@@ -274,6 +289,9 @@ class Checker:
         return self.num(v, p, allow_none=True)
 
     _DeploymentConfig_budget_usd_per_hour = _DeploymentConfig_latency_slo_s
+
+    def _DeploymentConfig_gpus(self, v, p):
+        return self.int_(v, p, allow_none=True)
 
     def _DeploymentConfig_min_recovery(self, v, p):
         from quantstudy.results import TASK_GROUPS
