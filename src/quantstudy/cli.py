@@ -76,6 +76,10 @@ def quantize(
     dtype: str = typer.Option("bfloat16", help="dtype of scales and unquantized tensors: bfloat16, float16, float32."),
     ignore: Optional[str] = typer.Option(None, help="Comma-separated layers to keep unquantized "
                                          "(names or re:regex); default: lm_head."),
+    kv_cache: Optional[str] = typer.Option(None, "--kv-cache", help="Also an FP8 E4M3 KV cache: fp8 (a K and a V "
+                                           "scale per layer, max|x|/448 from the calibration data, which RTN then "
+                                           "needs too) or fp8-head (per KV head); vLLM serves it with "
+                                           "--kv-cache-dtype fp8."),
     allow_pickle: bool = typer.Option(False, help="Allow loading pickled .bin weights (can run code)."),
     device: str = typer.Option("auto", help="Where calibration forwards, Hessians, GPTQ and AWQ run: auto (the "
                                "first CUDA device where torch sees one, else the CPU), cpu, cuda or cuda:N."),
@@ -95,9 +99,9 @@ def quantize(
     from quantstudy.quantize.calibration import CalibrationSpec
     from quantstudy.quantize.pipeline import quantize_checkpoint
     from quantstudy.quantize.recipes import Recipe
-    from quantstudy.schemes import get_scheme
+    from quantstudy.schemes import get_kv_cache, get_scheme
 
-    chosen = get_scheme(scheme, group_size)
+    chosen = get_scheme(scheme, group_size).with_kv_cache(get_kv_cache(kv_cache))
     if ignore is not None:
         chosen = chosen.with_ignore(tuple(p.strip() for p in ignore.split(",") if p.strip()))
     recipe = Recipe(algorithm=algo, smoothquant=smoothquant, dampening=dampening, actorder=actorder, mse_clip=mse_clip,
@@ -173,6 +177,10 @@ def study(
                                           "local Ray."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " Prints the report's results.json (results "
                                  "and recommendation) instead of the summary."),
+    preset: Optional[str] = typer.Option(None, help="Without a config: 'paper' (the default: the paper's five "
+                                         "variants) or 'frontier' (those plus NVFP4A16, MXFP4A16, MXFP8, W4A8-FP8 "
+                                         "and an FP8 KV cache, with long-context perplexity). In a YAML: "
+                                         "'variants: frontier'."),
 ) -> None:
     """The whole study, model to recommendation: quantize every variant, evaluate, compare, bench, predict, report.
 
@@ -187,7 +195,14 @@ def study(
     from quantstudy.study import load_config, run_study
     from quantstudy.study.assemble import print_summary
 
-    cfg = load_config(config)
+    if preset is not None and config is not None:
+        raise QuantstudyError("--preset names a study without a config; in a config write 'variants: frontier'")
+    if preset is not None:
+        from quantstudy.study.config import preset_study
+
+        cfg = preset_study(preset)
+    else:
+        cfg = load_config(config)
     outcome = run_study(cfg, out, executor=executor, address=address, console=err_console)
     if as_json:
         import json

@@ -53,7 +53,9 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
     GPU("h100", 80, 3.35, {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}, (9, 0), "nvlink4"),
     # Same Hopper die as the H100 with more and faster HBM3e.
     GPU("h200", 141, 4.8, {"bf16": 989.0, "fp8": 1979.0, "int8": 1979.0}, (9, 0), "nvlink4"),
-    GPU("b200", 180, 8.0, {"bf16": 2250.0, "fp8": 4500.0, "int8": 4500.0}, (10, 0), "nvlink5"),
+    # Blackwell adds FP4 tensor cores (dense 9 PFLOPS, twice its FP8 rate; NVIDIA's datasheet
+    # quotes 18 with 2:4 sparsity).
+    GPU("b200", 180, 8.0, {"bf16": 2250.0, "fp8": 4500.0, "int8": 4500.0, "fp4": 9000.0}, (10, 0), "nvlink5"),
 ]}
 
 

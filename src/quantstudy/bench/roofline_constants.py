@@ -80,6 +80,7 @@ def _compute_eff() -> dict[str, float]:
     measured = measured_efficiency().get("prefill_compute", {})
     eff = {k: measured.get(k, v) for k, v in _DEFAULT_COMPUTE_EFF.items()}
     eff["int8"] = max(measured.get("int8", 0.0), eff["fp8"])  # CUTLASS fused INT8 ~ FP8 rate
+    eff["fp4"] = eff["fp8"]   # not measured (no Blackwell run): the FP8 fraction of its own peak
     return eff
 
 
@@ -127,6 +128,10 @@ KERNELS: dict[str, str] = {
     "machete": "bf16", "marlin": "bf16", "marlin-fp8": "bf16",
     "cpu-bf16": "bf16", "cpu-int8": "int8", "cpu-wna16": "bf16", "cpu-fp8-emulated": "bf16",
     "cpu-fp8-block-amx": "bf16",
+    # issue 18's formats: FP4/MXFP8 arithmetic on Blackwell, their weight-only Marlin fallbacks
+    # (16-bit arithmetic over dequantized weights), Hopper's INT4 x FP8 W4A8
+    "cutlass-fp4": "fp4", "marlin-fp4": "bf16", "cutlass-mxfp8": "fp8", "marlin-mxfp8": "bf16",
+    "cutlass-w4a8": "fp8",
 }
 
 

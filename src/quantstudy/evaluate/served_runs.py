@@ -59,6 +59,18 @@ class ServedRuns:
 
     # ---- serving ---------------------------------------------------------------------------
 
+    def model_len(self) -> int:
+        """The served context the tasks need: 2048 (vLLM's KV reservation and start-up stay
+        small) unless a long-context task is asked for -- RULER builds prompts at the model's
+        context, `ppl_long` scores 2048-token windows (plus the one token a request generates)."""
+        from quantstudy.evaluate.registry import LONG_PPL_SEQ_LEN
+
+        if "ruler" in self.settings.tasks:
+            return self.max_context
+        if "ppl_long" in self.settings.tasks:
+            return min(self.max_context, LONG_PPL_SEQ_LEN + 256)
+        return 2048
+
     def _context(self, baseline_engine=None):
         return make_context(self.tokenizer, self.settings, self.max_context, baseline_engine)
 
@@ -67,6 +79,7 @@ class ServedRuns:
             folder = self.folders[name]
             with served(folder, self.tokenizer, url=self.plan.urls.get(name), python=self.plan.python,
                         concurrency=self.settings.concurrency, log_dir=self.plan.log_dir,
+                        max_model_len=self.model_len(),
                         prefix_cache=self.settings.prefix_cache) as (engine, record):
                 key = f"{self.store.fingerprint(folder)}:vllm:{record.version}:{record.dtype}:{record.device}:{record.how}"
                 run = f"{name}@vllm"

@@ -16,6 +16,7 @@ import torch
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.inference.fake_quant import install_fake_quant
+from quantstudy.inference.kv_quant import install_fp8_kv, split_kv_scales
 from quantstudy.models.checkpoint import load_dequantized_weights, read_checkpoint_info
 from quantstudy.models.references import read_config, resolve_model, torch_dtype
 
@@ -40,11 +41,15 @@ def load_model(ref: str | Path, dtype: str = "float32", allow_pickle: bool = Fal
 
 def load_fake_quant_model(folder: str | Path, dtype: torch.dtype = torch.float32):
     """Build the quantized model from a checkpoint for PyTorch evaluation on CPU:
-    weights dequantized by compressed-tensors, activations quantized on the fly."""
+    weights dequantized by compressed-tensors, activations quantized on the fly, and with
+    an FP8 KV cache, K and V quantized with the checkpoint's scales on their way into it."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
     weights, rest, scheme = load_dequantized_weights(folder)
+    kv_scales = split_kv_scales(rest)   # the attention's k_scale / v_scale: not model parameters
+    # NVFP4 W4A4's per-linear input global scales: activation parameters, not model ones
+    input_globals = {k.rsplit(".", 1)[0]: rest.pop(k) for k in [k for k in rest if k.endswith(".input_global_scale")]}
     config_dict = read_config(folder)
     config_dict.pop("quantization_config", None)
     config = AutoConfig.for_model(**config_dict)
@@ -58,7 +63,12 @@ def load_fake_quant_model(folder: str | Path, dtype: torch.dtype = torch.float32
         raise QuantstudyError(f"{folder}: tensors do not match the model ({sorted(set(missing) - expected_missing)[:3]}"
                               f" missing, {unexpected[:3]} unexpected)")
     model.tie_weights()
-    install_fake_quant(model, weights, scheme.activations)
+    install_fake_quant(model, weights, scheme.activations, input_globals)
+    if scheme.kv_cache is not None:
+        try:
+            install_fp8_kv(model, kv_scales)
+        except ValueError as exc:
+            raise QuantstudyError(f"{folder}: {exc}") from None
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     return model, tokenizer, scheme

@@ -63,6 +63,17 @@ def vllm_python_command(python: str | os.PathLike | Sequence[str] | None = None)
     return [os.fspath(p) for p in python]
 
 
+def checkpoint_kv_cache(model_dir) -> bool:
+    """Whether a checkpoint declares an FP8 KV cache (compressed-tensors' kv_cache_scheme)."""
+    import json
+
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return bool((config.get("quantization_config") or {}).get("kv_cache_scheme"))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     # The OS picks a free port; there is a small window before vLLM binds it, which a
     # start-up failure message ("address already in use") would make visible.
@@ -228,6 +239,10 @@ class VLLMServer:
         eager = self.accelerator == "cpu" if self.enforce_eager is None else self.enforce_eager
         if eager:  # CPU: ~27 s start-up instead of ~100 s; GPU: only when asked (graphs are faster)
             cmd.append("--enforce-eager")
+        if "--kv-cache-dtype" not in self.extra_args and checkpoint_kv_cache(self.model_dir):
+            # vLLM would pick fp8 for a kv_cache_scheme by itself; said explicitly, the command
+            # recorded with every result shows which cache served it
+            cmd += ["--kv-cache-dtype", "fp8"]
         return cmd + self.extra_args
 
     def stop(self) -> None:

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.models.references import check_safetensors_file, read_config
-from quantstudy.schemes import ActivationQuant, NumberType, Scheme, Strategy, WeightQuant
+from quantstudy.schemes import ActivationQuant, KVCacheQuant, NumberType, Scheme, Strategy, WeightQuant
 
 RECIPE_FILE = "quantstudy.json"
 
@@ -33,16 +33,36 @@ def _weight_args(w: WeightQuant):
     return QuantizationArgs(
         num_bits=w.num_bits, type=w.type.value, symmetric=w.symmetric, strategy=w.strategy.value,
         group_size=w.group_size, block_structure=list(w.block) if w.block else None, dynamic=False,
+        **_ct_scale_dtypes(w.scale_dtype),
     )
+
+
+def _ct_scale_dtypes(scale_dtype: str | None) -> dict:
+    """MX / NV scale (and, as the library's presets set them, zero-point) dtypes."""
+    if scale_dtype is None:
+        return {}
+    dtype = torch.uint8 if scale_dtype == "e8m0" else torch.float8_e4m3fn
+    return {"scale_dtype": dtype, "zp_dtype": dtype}
 
 
 def _activation_args(a: ActivationQuant):
     from compressed_tensors.quantization import QuantizationArgs
 
+    local = a.dynamic == "local"   # NVFP4: its static global input scale has a calibration observer
     return QuantizationArgs(
         num_bits=a.num_bits, type=a.type.value, symmetric=a.symmetric, strategy=a.strategy.value,
-        group_size=a.group_size, dynamic=True,
+        group_size=a.group_size, dynamic="local" if local else True,
+        **({"observer": "static_minmax"} if local else {}), **_ct_scale_dtypes(a.scale_dtype),
     )
+
+
+def ct_kv_cache_args(kv: KVCacheQuant):
+    """compressed-tensors' `kv_cache_scheme`: static symmetric FP8, per tensor or per KV head
+    (what vLLM's CompressedTensorsKVCacheMethod validates)."""
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(num_bits=kv.num_bits, type=kv.type.value, symmetric=True, dynamic=False,
+                            strategy="attn_head" if kv.per_head else "tensor")
 
 
 def ct_scheme(scheme: Scheme):
@@ -55,6 +75,13 @@ def ct_scheme(scheme: Scheme):
         input_activations=None if scheme.activations is None else _activation_args(scheme.activations),
     )
     qs.format = infer_module_format(torch.nn.Linear, qs)
+    if scheme.activations is not None and scheme.weights.type is NumberType.INT and scheme.weights.num_bits == 4:
+        # W4A8 (W4AFP8): the library infers int-quantized (INT4 held in int8) for any weight with
+        # activations, but vLLM's W4A8 kernels declare `weight_packed` (pack-quantized), as
+        # llm-compressor writes them
+        from compressed_tensors.config import CompressionFormat
+
+        qs.format = CompressionFormat.pack_quantized
     return qs
 
 
@@ -67,6 +94,7 @@ def ct_quantization_config(scheme: Scheme) -> dict:
     config = QuantizationConfig(
         config_groups={"group_0": qs}, ignore=list(scheme.ignore),
         quantization_status="compressed", format=qs.format,
+        kv_cache_scheme=None if scheme.kv_cache is None else ct_kv_cache_args(scheme.kv_cache),
     )
     data = config.model_dump(exclude=["quant_method"])
     return {"quant_method": "compressed-tensors", "version": compressed_tensors.__version__,
@@ -85,13 +113,25 @@ def scheme_from_ct_config(qconfig: dict, name: str = "custom") -> Scheme:
         num_bits=w["num_bits"], type=NumberType(w.get("type", "int")), symmetric=w.get("symmetric", True),
         strategy=Strategy(w.get("strategy", "tensor")), group_size=w.get("group_size"),
         block=tuple(w["block_structure"]) if w.get("block_structure") else None,
+        scale_dtype=_scale_dtype_of(w),
     )
     acts = None
     if a:
         acts = ActivationQuant(num_bits=a["num_bits"], type=NumberType(a.get("type", "int")),
                                symmetric=a.get("symmetric", True), strategy=Strategy(a.get("strategy", "token")),
-                               dynamic=bool(a.get("dynamic", True)), group_size=a.get("group_size"))
-    return Scheme(name, weights, acts, ignore=tuple(qconfig.get("ignore") or ()))
+                               dynamic="local" if a.get("dynamic") == "local" else bool(a.get("dynamic", True)),
+                               group_size=a.get("group_size"), scale_dtype=_scale_dtype_of(a))
+    kv = qconfig.get("kv_cache_scheme")
+    if kv and (kv.get("type") != "float" or kv.get("num_bits") != 8):
+        raise QuantstudyError(f"kv_cache_scheme {kv.get('type')}{kv.get('num_bits')}: quantstudy reads FP8 only")
+    kv_cache = KVCacheQuant(per_head=kv.get("strategy") == "attn_head") if kv else None
+    return Scheme(name, weights, acts, ignore=tuple(qconfig.get("ignore") or ()), kv_cache=kv_cache)
+
+
+def _scale_dtype_of(args: dict) -> str | None:
+    """Our scale_dtype from a config's `scale_dtype` ("torch.uint8" -> E8M0, FP8 -> FP8)."""
+    s = str(args.get("scale_dtype") or "")
+    return "e8m0" if s.endswith("uint8") else "float8_e4m3fn" if s.endswith("float8_e4m3fn") else None
 
 
 # ---- reading ----------------------------------------------------------------------
@@ -171,7 +211,8 @@ def load_dequantized_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor
     rest: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         module, _, leaf = key.rpartition(".")
-        if module in info.quantized_layers and leaf != "bias":
+        # NVFP4's input global scale is the activations' (fake-quant reads it from `rest`)
+        if module in info.quantized_layers and leaf not in ("bias", "input_global_scale"):
             local.setdefault(module, {})[leaf] = value
         else:
             rest[key] = value
@@ -180,6 +221,19 @@ def load_dequantized_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor
     weights = {
         name: compressor.decompress({k: v.float() if v.is_floating_point() and k != "weight" else v
                                      for k, v in sd.items()}, qs)["weight"].float()
+        if getattr(qs.format, "value", qs.format) != "nvfp4-pack-quantized" else _nvfp4_weight(sd, info.scheme)
         for name, sd in local.items()
     }
     return weights, rest, info.scheme
+
+
+def _nvfp4_weight(sd: dict[str, torch.Tensor], scheme: Scheme) -> torch.Tensor:
+    """An NVFP4 weight in float32, exactly: the library's decompressor unpacks to bf16 and
+    rounds q * (scale / global) to bf16 at the end (tested: equal to this rounded to bf16)."""
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+
+    from quantstudy.numerics import dequantize
+
+    packed = sd["weight_packed"]
+    q = unpack_fp4_from_uint8(packed, packed.shape[0], packed.shape[1] * 2, dtype=torch.float32)
+    return dequantize(q, sd["weight_scale"], None, scheme.weights, global_scale=sd["weight_global_scale"].float())

@@ -14,11 +14,18 @@ import torch
 
 from quantstudy.numerics import QuantizedWeight, qdq_elementwise, quantize
 from quantstudy.quantize.primitives import compute_qparams, grouped_view, reduce_min_max
-from quantstudy.schemes import Strategy, WeightQuant
+from quantstudy.numerics_fp import is_microscaled
+from quantstudy.schemes import GROUPED, Strategy, WeightQuant
 
 
-def _rtn_qdq(w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype, clip: torch.Tensor | float = 1.0):
-    """Quantize-dequantize with abs-max scales shrunk by `clip` (scalar or per scale)."""
+def _rtn_qdq(w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype, clip: torch.Tensor | float = 1.0,
+             global_scale: torch.Tensor | None = None):
+    """Quantize-dequantize with abs-max scales shrunk by `clip` (scalar or per scale).
+    MX / NVFP4: the format's scales over its value set (NVFP4: under `global_scale`, or w's)."""
+    if is_microscaled(args):
+        from quantstudy.quantize.fp4 import fp_rtn
+
+        return fp_rtn(w, args, global_scale, clip).dequantize()
     if args.strategy is Strategy.BLOCK:
         raise ValueError("AWQ is defined for tensor, channel and group scales, not 2-D blocks")
     wg = grouped_view(w, args)  # rows in scale order; reshaping back is exact for non-block
@@ -59,12 +66,12 @@ def awq_search_scales(
 
 def awq_clip_ratios(
     gram: torch.Tensor, w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype,
-    grid: int = 20, max_shrink: float = 0.5,
+    grid: int = 20, max_shrink: float = 0.5, global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per (row, group) range shrink in (1 - max_shrink, 1] minimising that group's
     contribution to the output error: dW_rg G_gg dW_rg^T with G_gg the group's diagonal
     block of the Gram matrix (cross-group terms are left out, as AWQ does)."""
-    if args.strategy is not Strategy.GROUP:
+    if args.strategy not in GROUPED:
         raise ValueError("AWQ clip search is defined for group-wise weights")
     w = w.float()
     rows, cols = w.shape
@@ -75,7 +82,7 @@ def awq_clip_ratios(
     best = torch.ones(rows, n, device=w.device)
     for i in range(int(max_shrink * grid)):
         p = 1 - i / grid
-        dw = (_rtn_qdq(w, args, scale_dtype, clip=p) - w).reshape(rows, n, g)
+        dw = (_rtn_qdq(w, args, scale_dtype, clip=p, global_scale=global_scale) - w).reshape(rows, n, g)
         err = torch.einsum("rnk,nkl,rnl->rn", dw, blocks, dw)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
@@ -84,8 +91,13 @@ def awq_clip_ratios(
 
 
 def awq_quantize(w: torch.Tensor, args: WeightQuant, scale_dtype: torch.dtype,
-                 clip: torch.Tensor | None = None) -> QuantizedWeight:
-    """RTN of an (already AWQ-scaled) weight with per-(row, group) clip ratios."""
+                 clip: torch.Tensor | None = None, global_scale: torch.Tensor | None = None) -> QuantizedWeight:
+    """RTN of an (already AWQ-scaled) weight with per-(row, group) clip ratios (NVFP4: under
+    `global_scale`, shared by fused linears, else the weight's own)."""
+    if is_microscaled(args):
+        from quantstudy.quantize.fp4 import fp_rtn
+
+        return fp_rtn(w, args, global_scale, 1.0 if clip is None else clip)
     mins, maxs = reduce_min_max(w.float(), args)
     ratio = 1.0 if clip is None else clip
     scale, zp = compute_qparams(mins * ratio, maxs * ratio, args, scale_dtype)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import torch
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.numerics import QuantizedWeight, expand_to_weight, qdq_elementwise, quantize
+from quantstudy.numerics import QuantizedWeight, expand_to_weight, int_range, qdq_elementwise, quantize
+from quantstudy.numerics_fp import is_microscaled
 from quantstudy.quantize.primitives import compute_qparams, mse_clip_qparams, reduce_min_max
-from quantstudy.schemes import WeightQuant
+from quantstudy.schemes import NumberType, WeightQuant
 
 
 def accumulate_hessian(
@@ -74,11 +75,20 @@ def _inverse_hessian_cholesky(h: torch.Tensor, dampening: float, layer: str) -> 
         try:
             # float32 factorisations, as GPTQ's reference code: 3x faster than float64 and
             # the dampening keeps them well conditioned; the accumulation stays float64
-            hd = (h + torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * (damp * mean_diag)).float()
+            # h + damp * mean * I rounded to float32, the same values as building it in float64
+            # with an identity (x + 0 = x off the diagonal) without two float64 n x n temporaries
+            hd = h.float()
+            hd.diagonal().copy_(torch.diagonal(h) + damp * mean_diag)
             lower, info = torch.linalg.cholesky_ex(hd)
+            del hd
             if info.item() == 0:
-                inverse_upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-                if info.item() == 0 and torch.isfinite(inverse_upper).all():
+                inverse = torch.cholesky_inverse(lower)
+                del lower
+                inverse_upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+                del inverse
+                # a non-finite entry of a Cholesky factor reaches its column's diagonal entry
+                # (U[j,j]^2 = a_jj - sum_k U[k,j]^2): checking n values, not n^2, is the same test
+                if info.item() == 0 and torch.isfinite(inverse_upper.diagonal()).all():
                     return inverse_upper
         except torch.linalg.LinAlgError:
             pass
@@ -103,30 +113,48 @@ def gptq_quantize(
 ) -> QuantizedWeight:
     """Quantize weight [out, in] given the input Hessian [in, in]."""
     w = w.detach().float().clone()
-    h = h.detach().double().clone()
+    h = h.detach().double()   # copied below before any change: the caller's Hessian is left as it was
     cols = w.shape[1]
     if h.shape != (cols, cols):
         raise ValueError(f"Hessian {tuple(h.shape)} does not match weight {tuple(w.shape)}")
 
-    if mse_clip:
+    global_scale = None
+    if is_microscaled(args):
+        # MX / NVFP4: the format's group scales (NVFP4's global scale fixed first, from the
+        # whole -- possibly row-stacked fused -- weight), then FP4/FP8 rounding in the sweep
+        from quantstudy.quantize import fp4
+
+        scale, global_scale = (fp4.fp_mse_clip_qparams if mse_clip else fp4.fp_qparams)(w, args)
+        zero_point = None
+        s_full = fp4.fp_value_scale_full(scale, args, w.shape, global_scale).clone()
+    elif mse_clip:
         scale, zero_point = mse_clip_qparams(w, args, scale_dtype)
     else:
         scale, zero_point = compute_qparams(*reduce_min_max(w, args), args, scale_dtype)
-    s_full = expand_to_weight(scale.float(), w.shape, args).clone()
+    if not is_microscaled(args):
+        s_full = expand_to_weight(scale.float(), w.shape, args).clone()
     z_full = None if zero_point is None else expand_to_weight(zero_point.float(), w.shape, args).clone()
 
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
+    diag = torch.diag(h)   # a copy
+    dead = diag == 0
+    diag[dead] = 1.0
     w[:, dead] = 0.0
 
     perm = None
     if actorder:
-        perm = torch.argsort(torch.diag(h), descending=True)
-        w, h = w[:, perm], h[perm][:, perm]
+        perm = torch.argsort(diag, descending=True)
+        # one gather into a new matrix (h[perm][:, perm] made two n x n float64 copies)
+        h = h[perm[:, None], perm[None, :]]
+        w = w[:, perm]
         s_full = s_full[:, perm]
         z_full = None if z_full is None else z_full[:, perm]
+    elif dead.any():
+        h = h.clone()
+    if dead.any():
+        h.diagonal()[dead if perm is None else dead[perm]] = 1.0
 
     hinv = _inverse_hessian_cholesky(h, dampening, layer).float()
+    del h   # our copy (the caller's is untouched): not needed in the sweep
     # The sweep runs on the transposes (one input column of W is one contiguous row of W^T):
     # each step's rank-1 update then writes rows, not a strided column slice -- the same
     # element-wise arithmetic, several times faster on a CPU.
@@ -134,6 +162,10 @@ def gptq_quantize(
     st = s_full.T.contiguous()
     zt = None if z_full is None else z_full.T.contiguous()
     qt = torch.zeros_like(wt)
+    # integer grids skip qdq_elementwise's temporaries and copies: a third fewer tensor ops per
+    # column in this Python loop, bit-identical values
+    int_grid = args.type is NumberType.INT and not is_microscaled(args)
+    lo, hi = int_range(args.num_bits) if int_grid else (None, None)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         w1 = wt[i1:i2].clone()
@@ -141,16 +173,20 @@ def gptq_quantize(
         hinv1 = hinv[i1:i2, i1:i2]
         diag = torch.diag(hinv1).tolist()
         for i in range(i2 - i1):
-            col = w1[i]
-            q = qdq_elementwise(col, st[i1 + i], None if zt is None else zt[i1 + i], args)
-            qt[i1 + i] = q
-            err = (col - q).div_(diag[i])
+            col, s_row, z_row = w1[i], st[i1 + i], None if zt is None else zt[i1 + i]
+            if int_grid:   # qdq_elementwise's integer arithmetic, in place in the row of qt it fills
+                q = torch.div(col, s_row, out=qt[i1 + i]).round_()
+                q = (q.clamp_(lo, hi) if z_row is None else q.add_(z_row).clamp_(lo, hi).sub_(z_row)).mul_(s_row)
+            else:
+                q = qdq_elementwise(col, s_row, z_row, args)
+                qt[i1 + i] = q
+            err = torch.sub(col, q, out=err1[i]).div_(diag[i])
             w1[i:].addr_(hinv1[i, i:], err, alpha=-1.0)
-            err1[i] = err
         wt[i2:] -= hinv[i1:i2, i2:].T @ err1
     q_out = qt.T
 
     if perm is not None:
         q_out = q_out[:, torch.argsort(perm)]
     # q_out lies on the grid: re-quantizing with the same parameters recovers the values
-    return QuantizedWeight(quantize(q_out, scale, zero_point, args), scale, zero_point, args)
+    return QuantizedWeight(quantize(q_out, scale, zero_point, args, global_scale=global_scale), scale, zero_point,
+                           args, global_scale=global_scale)

@@ -19,7 +19,7 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.inference.fake_quant import install_fake_quant
 from quantstudy.numerics import QuantizedWeight, sqnr_from, sum_squares
 from quantstudy.quantize.rtn import rtn_quantize
-from quantstudy.schemes import Scheme, Strategy
+from quantstudy.schemes import GROUPED, Scheme, Strategy
 
 
 def is_ignored(name: str, ignore: tuple[str, ...]) -> bool:
@@ -53,7 +53,7 @@ def check_shapes(linears: list[tuple[str, nn.Linear]], scheme: Scheme) -> None:
         raise QuantstudyError("the scheme targets no linear layer in this model (check 'ignore')")
     w = scheme.weights
     cols = [m.in_features for _, m in linears]
-    if w.strategy is Strategy.GROUP:
+    if w.strategy in GROUPED:
         bad = [(n, m.in_features) for n, m in linears if m.in_features % w.group_size]
         if bad:
             name, width = bad[0]
@@ -74,7 +74,7 @@ def check_shapes(linears: list[tuple[str, nn.Linear]], scheme: Scheme) -> None:
                 f"square blocks that fit every layer: {ok} — pass --group-size"
             )
     a = scheme.activations
-    if a is not None and a.strategy is Strategy.GROUP:
+    if a is not None and a.strategy in GROUPED:
         bad = [(n, m.in_features) for n, m in linears if m.in_features % a.group_size]
         if bad:
             raise QuantstudyError(
@@ -115,9 +115,19 @@ def quantize_model_weights(
     qweights: dict[str, QuantizedWeight] = {}
     reports: list[LayerReport] = []
     with torch.no_grad():
+        shared = {}
+        if scheme.weights.strategy is Strategy.TENSOR_GROUP:   # NVFP4: fused linears share a global scale
+            from quantstudy.quantize.fp4 import shared_global_scales
+
+            shared = shared_global_scales({n: m.weight.detach() for n, m in linears})
         for name, module in linears:
             w = module.weight.detach()
-            qweights[name] = rtn_quantize(w, scheme.weights, scale_dtype)
+            if name in shared:
+                from quantstudy.quantize.fp4 import fp_rtn
+
+                qweights[name] = fp_rtn(w, scheme.weights, shared[name])
+            else:
+                qweights[name] = rtn_quantize(w, scheme.weights, scale_dtype)
             reports.append(LayerReport.measure(name, w, qweights[name]))
             if progress:
                 progress(name)
@@ -127,4 +137,5 @@ def quantize_model_weights(
 def apply_fake_quant(model: nn.Module, qweights: dict[str, QuantizedWeight], scheme: Scheme) -> nn.Module:
     """The in-memory quantized model: dequantized weights, activations quantized on the fly."""
     weights = {name: qw.dequantize() for name, qw in qweights.items()}
-    return install_fake_quant(model, weights, scheme.activations)
+    globals_ = {name: qw.input_global_scale for name, qw in qweights.items() if qw.input_global_scale is not None}
+    return install_fake_quant(model, weights, scheme.activations, globals_)

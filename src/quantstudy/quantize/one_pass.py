@@ -190,6 +190,7 @@ def run_layer(work: LayerWork, batches: Sequence[tuple[torch.Tensor, dict]], gro
         run.stopped_at = None
         baton.pass_to("main")
 
+    done: set[int] = set()   # groups quantized
     handles = [work.module(n).register_forward_pre_hook(lambda m, a, _n=n: hook(m, a, _n)) for n in owner]
     threads = [threading.Thread(target=body, args=(run, h, kw), daemon=True) for run, (h, kw) in zip(runs, batches)]
     try:
@@ -205,12 +206,17 @@ def run_layer(work: LayerWork, batches: Sequence[tuple[torch.Tensor, dict]], gro
                 raise failed
             stops = {r.stopped_at for r in runs}
             if stops == {None}:
+                if len(done) != len(groups):   # the probed dataflow was not this layer's
+                    missing = [n for i, g in enumerate(groups) if i not in done for n in g]
+                    raise QuantstudyError(f"{work.prefix}: {', '.join(missing)} never ran in the layer's forward: "
+                                          "it cannot be calibrated")
                 break
             if len(stops) != 1:
                 raise QuantstudyError(f"{work.prefix}: calibration batches took different paths through the layer "
                                       f"(stopped at {sorted(map(str, stops))}); use --no-true-sequential")
             gi = stops.pop()
             _quantize_group(work, state[gi], solve, commit, smoothquant)
+            done.add(gi)
         else:
             raise QuantstudyError(f"{work.prefix}: a linear ran twice in one forward; use --no-true-sequential")
     finally:
@@ -225,15 +231,17 @@ def run_layer(work: LayerWork, batches: Sequence[tuple[torch.Tensor, dict]], gro
 
 
 def _quantize_group(work: LayerWork, g: _Group, solve, commit, smoothquant: float | None) -> None:
-    hessian = g.xtx.mul_(2.0 / g.tokens)   # H = 2/N X^T X
+    hessian, g.xtx = g.xtx.mul_(2.0 / g.tokens), None   # H = 2/N X^T X, its only reference from here
     mapping = _smoothing_for(work, g.names) if smoothquant is not None else None
     if mapping is not None:
         targets = list(mapping.targets)
         s = smoothing_scales(g.absmax, [work.module(t).weight.data for t in targets], smoothquant)
         fold_mapping(work.layer, mapping, targets, s, work.family)
         s64 = s.double()
-        hessian = hessian / (s64[:, None] * s64[None, :])   # the inputs the batches read from now on: x / s
+        hessian.div_(s64[:, None] * s64[None, :])   # the inputs the batches read from now on: x / s
         g.scales = s
-    for name, qw in solve(work, g.names, hessian).items():
+    g.absmax = None
+    solved = solve(work, g.names, hessian)
+    del hessian   # before the commits, whose reports are the stop's peak of memory (down_proj's: 18 MiB)
+    for name, qw in solved.items():
         commit(name, qw)
-    g.xtx = g.absmax = None

@@ -102,14 +102,14 @@ def quantize_loaded(
     on a copy and leave `model` as it was."""
     start = time.perf_counter()
     store_dtype = torch_dtype(dtype)
-    if recipe.needs_calibration:
+    stats: dict = {}
+    if recipe.needs_calibration or scheme.kv_cache is not None:   # an FP8 KV cache needs its scales
         check_shapes(quantizable_linears(model, scheme), scheme)  # before any calibration work
         if not in_place:
             model = copy.deepcopy(model)
         calib_ids = load_calibration(calibration, tokenizer)
         if on_start:
             on_start(len(decoder_layers(model)))
-        stats: dict = {}
         qweights, reports = quantize_sequential(model, scheme, recipe, calib_ids, store_dtype, on_layer=on_layer,
                                                 stats=stats)
         calib_record = calibration.record()
@@ -117,9 +117,10 @@ def quantize_loaded(
         if on_start:
             on_start(len(quantizable_linears(model, scheme)))
         qweights, reports = quantize_model_weights(model, scheme, scale_dtype=store_dtype, progress=on_layer)
-        calib_record, stats = None, {}
+        calib_record = None
     record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": model_ref,
               "source_path": str(source), "calibration": calib_record,
               "calibration_forwards_per_layer": stats.get("forwards_per_layer")}
-    save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, record, reports)
+    save_checkpoint(model, tokenizer, qweights, scheme, out_dir, store_dtype, record, reports,
+                    extra=stats.get("kv_scales"))
     return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)

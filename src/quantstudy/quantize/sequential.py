@@ -23,6 +23,7 @@ algorithms' layer handlers in algorithms/; which norm feeds which linears in
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from quantstudy.errors import QuantstudyError
+from quantstudy.inference.kv_quant import attention_modules, observing
 from quantstudy.models.families import Family, family_for
 from quantstudy.numerics import QuantizedWeight
 from quantstudy.quantize.activations import Activations, LayerBatches
@@ -116,12 +118,14 @@ class KeepQuantized:
 
     def __init__(self):
         self.qweights: dict[str, QuantizedWeight] = {}
+        self.kv_scales: dict[str, torch.Tensor] = {}   # not in the model's state dict: kept for the writer
 
     def add_linear(self, name: str, qw: QuantizedWeight, module: nn.Linear) -> None:
         self.qweights[name] = qw
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        pass
+        if name.endswith((".k_scale", ".v_scale")):
+            self.kv_scales[name] = tensor
 
 
 def commit(module: nn.Linear, name: str, qw: QuantizedWeight, sink: Sink, reports: list) -> None:
@@ -199,6 +203,14 @@ def one_pass_applies(algorithm, recipe: Recipe, layers: nn.ModuleList, hidden: A
     return live_bytes(tokens, first.shape[-1], widest, first.element_size()) <= (max_memory or DEFAULT_BUDGET)
 
 
+def _attention_of(layer: nn.Module, prefix: str) -> tuple[str, nn.Module]:
+    found = attention_modules(layer)
+    if len(found) != 1:
+        raise QuantstudyError(f"{prefix}: found {len(found)} attention modules with k_proj/qkv_proj, need one "
+                              "for an FP8 KV cache")
+    return found[0]
+
+
 @torch.no_grad()
 def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe: Recipe, calib_ids: torch.Tensor,
          scale_dtype: torch.dtype, batch_size: int = 8, device=None, max_memory: int | None = None,
@@ -225,8 +237,15 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
     if stats is not None:
         stats["forwards_per_layer"] = 1 if one_pass else 2
     reports: list[LayerReport] = []
+    probed: dict[tuple, list[list[str]]] = {}   # (layer class, its linears) -> input groups
+    kv = scheme.kv_cache
     for index, layer in enumerate(layers):
         layer_prefix = f"{prefix}.{index}"
+        # FP8 KV cache: max|K| (after RoPE) and max|V| of the forward that runs the *quantized*
+        # layer -- the one-pass forward (q/k/v are quantized before attention runs) or the
+        # propagating one -- so the scales fit what the deployed model caches.
+        attn = _attention_of(layer, layer_prefix) if kv is not None else None
+        watch = observing(attn[1], kv.per_head) if kv is not None else contextlib.nullcontext()
         weights.materialize(layer, layer_prefix)
         local = [n for n, m in layer.named_modules()
                  if isinstance(m, nn.Linear) and not is_ignored(f"{layer_prefix}.{n}", scheme.ignore)]
@@ -240,9 +259,16 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
 
         if one_pass:   # one forward: quantized group by group on the way through
             runs = list(batches)
-            groups = input_groups(layer, runs[0][0], runs[0][1], local, gemm_dtype)
-            outs = run_layer(work, runs, groups, lambda w, names, h: algorithm.quantize_group(w, names, h, config),
-                             put, recipe.smoothquant)
+            # Layers of one class with the same linears share their dataflow: probed once (a
+            # probe forward was ~5% of the run). run_layer still fails loudly if a layer's
+            # linears read other inputs than its groups say, or if a group never runs.
+            key = (type(layer), tuple(local))
+            if key not in probed:
+                probed[key] = input_groups(layer, runs[0][0], runs[0][1], local, gemm_dtype)
+            groups = [list(g) for g in probed[key]]
+            with watch as observer:
+                outs = run_layer(work, runs, groups, lambda w, names, h: algorithm.quantize_group(w, names, h, config),
+                                 put, recipe.smoothquant)
             del runs
         else:
             if recipe.smoothquant is not None:
@@ -259,14 +285,18 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
             del outs
             hidden.close()
             hidden = nxt
-        elif index + 1 < len(layers):   # quantized outputs feed the next layer
+        elif index + 1 < len(layers) or kv is not None:   # quantized outputs feed the next layer
             nxt = Activations(max_memory, device or "cpu")
-            with forward_precision(gemm_dtype, device or "cpu"):
+            with watch as observer, forward_precision(gemm_dtype, device or "cpu"):
                 for h, kw in batches:
                     out = layer(h, **kw)
                     nxt.append(out[0] if isinstance(out, tuple) else out)
             hidden.close()
             hidden = nxt
+        if kv is not None:
+            k_scale, v_scale = observer.scales(scale_dtype)
+            sink.add(f"{layer_prefix}.{attn[0]}.k_scale", k_scale)
+            sink.add(f"{layer_prefix}.{attn[0]}.v_scale", v_scale)
         weights.release(layer)
         if on_layer:
             on_layer(layer_prefix)
@@ -291,6 +321,8 @@ def quantize_sequential(
     keep = KeepQuantized()
     reports = walk(model, ResidentWeights(), keep, scheme, recipe, calib_ids, scale_dtype, batch_size,
                    on_layer=on_layer, stats=stats)
+    if stats is not None and keep.kv_scales:
+        stats["kv_scales"] = keep.kv_scales
     prefix = layers_prefix(model, decoder_layers(model))
     # targeted linears outside the decoder layers (e.g. lm_head when not ignored): RTN
     for name, module in model.named_modules():

@@ -163,8 +163,11 @@ def quantize_streaming(
     output = CheckpointOutput(out_dir, scheme, store_dtype, max_shard_bytes)
     sink = ShardSink(output)
     stats: dict = {}
+    # An FP8 KV cache needs K and V scales, so a calibration forward even for RTN (the walk
+    # with RTN's layer handler: same weights as the model-free path, bit for bit)
+    calibrate = recipe.needs_calibration or scheme.kv_cache is not None
     try:
-        if recipe.needs_calibration:
+        if calibrate:
             calib_ids = load_calibration(calibration, tokenizer)
             reports = _calibrated(model, weights_factory(shards, compute_dtype, dev), sink, scheme, recipe, calib_ids,
                                   store_dtype, dev, max_memory, batch_size, on_start, on_layer, gemm_dtype, stats)
@@ -182,16 +185,16 @@ def quantize_streaming(
                 bias = f"{name}.bias"
                 output.add_linear(name, qw, bias=shards.get(bias) if bias in shards else None)
                 sink.written.update((f"{name}.weight", bias))
-                if on_layer and not recipe.needs_calibration:
+                if on_layer and not calibrate:
                     on_layer(name)
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
         for name in shards.names():
             if name not in sink.written and not (tied and name == "lm_head.weight"):
                 output.add(name, shards.get(name))
         record = {"algorithm": recipe.algorithm, "recipe": asdict(recipe), "source_model": source_ref or str(source),
-                  "source_path": str(source), "calibration": calibration.record() if recipe.needs_calibration else None,
+                  "source_path": str(source), "calibration": calibration.record() if calibrate else None,
                   "forward_gemm_dtype": (str(gemm_dtype or compute_dtype).removeprefix("torch.")
-                                         if recipe.needs_calibration else None),
+                                         if calibrate else None),
                   "calibration_forwards_per_layer": stats.get("forwards_per_layer")}
         output.finish(model.config, generation, tokenizer, record, reports)
     except BaseException:

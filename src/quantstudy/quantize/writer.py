@@ -32,6 +32,7 @@ from quantstudy import __version__
 from quantstudy.errors import QuantstudyError
 from quantstudy.models.checkpoint import RECIPE_FILE, ct_quantization_config, ct_scheme
 from quantstudy.numerics import QuantizedWeight
+from quantstudy.numerics_fp import E8M0_DTYPE, e8m0_value, is_microscaled
 from quantstudy.quantize.model import LayerReport
 from quantstudy.quantize.shard_writer import MAX_SHARD_BYTES, ShardWriter
 from quantstudy.schemes import NumberType, Scheme, Strategy
@@ -43,6 +44,8 @@ def compress_layer(qw: QuantizedWeight, scheme: Scheme, bias: torch.Tensor | Non
 
     qs = ct_scheme(scheme)
     local = {"weight": qw.dequantize(torch.float32), "weight_scale": qw.scale}
+    if is_microscaled(qw.args):
+        local.update(microscaled_params(qw, scheme))
     if qw.zero_point is not None:
         local["weight_zero_point"] = qw.zero_point
     if qw.g_idx is not None:
@@ -50,6 +53,21 @@ def compress_layer(qw: QuantizedWeight, scheme: Scheme, bias: torch.Tensor | Non
     out = BaseCompressor.get_value_from_registry(qs.format).compress(local, qs)
     if bias is not None:
         out["bias"] = bias
+    return out
+
+
+def microscaled_params(qw: QuantizedWeight, scheme: Scheme) -> dict[str, torch.Tensor]:
+    """The MX / NVFP4 compressors' inputs: float32 value of each stored scale (they quantize
+    with it, then store it as FP8 or as an E8M0 exponent byte), NVFP4's global scale and, for
+    W4A4, the calibrated input global scale vLLM and transformers read."""
+    out = {"weight_scale": e8m0_value(qw.scale) if qw.scale.dtype == E8M0_DTYPE else qw.scale.float()}
+    if qw.global_scale is not None:
+        out["weight_global_scale"] = qw.global_scale.float().reshape(1)
+    if scheme.activations is not None and scheme.activations.strategy is Strategy.TENSOR_GROUP:
+        if qw.input_global_scale is None:
+            raise QuantstudyError(f"{scheme.name}: NVFP4 activations need a calibrated input global scale per "
+                                  "linear (quantize.fp4.calibrate_input_global_scales); none was given")
+        out["input_global_scale"] = qw.input_global_scale.float().reshape(1)
     return out
 
 
@@ -95,7 +113,8 @@ class CheckpointOutput:
         if module is not None and module.bias is not None:
             bias = module.bias.data
         cpu = QuantizedWeight(qw.q.cpu(), qw.scale.cpu(), None if qw.zero_point is None else qw.zero_point.cpu(),
-                              qw.args, None if qw.g_idx is None else qw.g_idx.cpu())
+                              qw.args, None if qw.g_idx is None else qw.g_idx.cpu(),
+                              *(None if t is None else t.cpu() for t in (qw.global_scale, qw.input_global_scale)))
         layer = compress_layer(cpu, self.scheme, None if bias is None else bias.detach().cpu().to(self.dtype))
         for k, v in layer.items():
             self.shards.add(f"{name}.{k}", v.contiguous())
@@ -148,8 +167,10 @@ def save_checkpoint(
     recipe: dict,
     layer_reports: list[LayerReport] | None = None,
     max_shard_bytes: int | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a model in memory with its quantized linears as a checkpoint (atomically)."""
+    """Write a model in memory with its quantized linears as a checkpoint (atomically);
+    `extra`: tensors the model does not hold (an FP8 KV cache's k_scale / v_scale)."""
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     skip = {f"{name}.{p}" for name in qweights for p in ("weight", "bias")}
     modules = dict(model.named_modules())
@@ -159,5 +180,7 @@ def save_checkpoint(
                 out.add(key, value)
         for name, qw in qweights.items():
             out.add_linear(name, qw, modules[name])
+        for name, tensor in (extra or {}).items():
+            out.add(name, tensor)
         out.finish(model.config, getattr(model, "generation_config", None), tokenizer, recipe, layer_reports or [])
     return Path(out_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from quantstudy.errors import QuantstudyError
@@ -32,6 +32,22 @@ DEFAULT_VARIANTS = (
     {"name": "w4a16-rtn", "scheme": "w4a16", "algorithm": "rtn"},
 )
 
+# `variants: frontier` (or `quantstudy study --preset frontier`): the paper's five plus the
+# formats deployed since (issue 18) -- FP4 weights with NVFP4's and MXFP4's scales (RTN, and
+# GPTQ to get accuracy back), MXFP8, Hopper's W4A8-FP8, and an FP8 KV cache on the paper's
+# INT8 variant (the cache is an axis of its own: same weights, K/V stored in FP8).
+FRONTIER_VARIANTS = DEFAULT_VARIANTS + (
+    {"name": "nvfp4a16-rtn", "scheme": "nvfp4a16", "algorithm": "rtn"},
+    {"name": "nvfp4a16-gptq", "scheme": "nvfp4a16", "algorithm": "gptq"},
+    {"name": "mxfp4a16-gptq", "scheme": "mxfp4a16", "algorithm": "gptq"},
+    {"name": "mxfp8", "scheme": "mxfp8", "algorithm": "rtn"},
+    {"name": "w4a8-fp8-gptq", "scheme": "w4a8-fp8", "algorithm": "gptq"},
+    {"name": "w8a8-int8-kvfp8", "scheme": "w8a8-int8", "algorithm": "gptq", "smoothquant": 0.8, "kv_cache": "fp8"},
+)
+VARIANT_PRESETS = {"paper": DEFAULT_VARIANTS, "frontier": FRONTIER_VARIANTS}
+# The frontier study also scores perplexity on 2048-token windows: where an FP8 KV cache shows.
+FRONTIER_EXTRA_TASKS = ("ppl_long",)
+
 
 @dataclass(frozen=True)
 class VariantConfig:
@@ -45,6 +61,7 @@ class VariantConfig:
     mse_clip: bool = True
     true_sequential: bool = True
     ignore: tuple[str, ...] | None = None      # None: the scheme's default (lm_head)
+    kv_cache: str | None = None                 # 'fp8' / 'fp8-head': an FP8 KV cache (None: 16-bit)
 
 
 @dataclass(frozen=True)
@@ -168,7 +185,14 @@ def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
         doc.fail((), "missing field 'model' (an embedded name such as smollm2-135m, a model folder or a .gguf)",
                  line=1)
     out = {"model": check.str_(raw["model"], ("model",)), "source": name}
-    if "variants" in raw:
+    preset = None
+    if isinstance(raw.get("variants"), str):   # a named set: paper | frontier
+        preset = raw["variants"].strip().lower()
+        if preset not in VARIANT_PRESETS:
+            doc.fail(("variants",), f"unknown variant set {raw['variants']!r}; choose {', '.join(VARIANT_PRESETS)} "
+                     "or give a list of variants")
+        out["variants"] = tuple(VariantConfig(**v) for v in VARIANT_PRESETS[preset])
+    elif "variants" in raw:
         v = raw["variants"]
         if not isinstance(v, list) or not v:
             doc.fail(("variants",), f"must be a non-empty list of variants, got {show(v)}")
@@ -191,11 +215,26 @@ def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
                      ("predict", PredictConfig), ("deployment", DeploymentConfig)):
         if key in raw:
             out[key] = check.section(raw[key], (key,), cls, optional=True)
+    if preset == "frontier":
+        out["evaluate"] = with_frontier_tasks(out.get("evaluate", EvaluateConfig()), raw.get("evaluate"))
     if "executor" in raw:
         out["executor"] = check.str_(raw["executor"], ("executor",), ("local", "ray"))
     if "engine" in raw:
         out["engine"] = check.str_(raw["engine"], ("engine",), ("auto", "hf", "vllm"))
     return StudyConfig(**out)
+
+
+def with_frontier_tasks(evaluate: "EvaluateConfig | None", given) -> "EvaluateConfig | None":
+    """The frontier set's evaluation: the default tasks plus long-context perplexity, unless the
+    study names its tasks itself (or runs no evaluation)."""
+    if evaluate is None or (isinstance(given, dict) and "tasks" in given):
+        return evaluate
+    return replace(evaluate, tasks=(*evaluate.tasks, *FRONTIER_EXTRA_TASKS))
+
+
+def preset_study(name: str) -> StudyConfig:
+    """The default study with a named variant set ('paper' is the default study itself)."""
+    return parse_config(f"model: {DEFAULT_MODEL}\nvariants: {name}\n", f"--preset {name}")
 
 
 def load_config(path: str | Path | None) -> StudyConfig:

@@ -51,6 +51,23 @@ def _plain(obj):
                                  default=lambda o: getattr(o, "value", str(o))))
 
 
+# Scheme fields added after studies were stored (issue 18): at their default (None: bf16
+# scales, a 16-bit KV cache) they are left out of the key, so a paper-format variant keeps
+# the job key -- and the stored checkpoint -- it always had.
+_LATER_SCHEME_FIELDS = (("kv_cache",), ("weights", "scale_dtype"), ("activations", "scale_dtype"))
+
+
+def _scheme_key(scheme) -> dict:
+    plain = _plain(scheme)
+    for path in _LATER_SCHEME_FIELDS:
+        parent = plain
+        for key in path[:-1]:
+            parent = parent.get(key) or {}
+        if path[-1] in parent and parent[path[-1]] is None:
+            del parent[path[-1]]
+    return plain
+
+
 def auto_group_size(config: dict) -> int:
     """The paper's group of 128 where every linear input width is a multiple of it, else 64/32."""
     widths = [config.get("hidden_size"), config.get("intermediate_size")]
@@ -69,7 +86,9 @@ def resolve_variant(v, model_config: dict):
     from quantstudy.schemes import Strategy, get_scheme
 
     scheme = get_scheme(v.scheme)
-    if scheme.weights.strategy in (Strategy.GROUP, Strategy.BLOCK):
+    if scheme.weights.scale_dtype is not None and v.group_size == "auto":
+        pass   # MX/NV formats fix their group (16 or 32): 'auto' keeps it, an explicit size is refused below
+    elif scheme.weights.strategy in (Strategy.GROUP, Strategy.BLOCK):
         size = auto_group_size(model_config) if v.group_size == "auto" else v.group_size
         if size is not None:
             scheme = scheme.with_group_size(size)
@@ -78,6 +97,10 @@ def resolve_variant(v, model_config: dict):
                               "group_size does not apply")
     if v.ignore is not None:
         scheme = scheme.with_ignore(v.ignore)
+    if getattr(v, "kv_cache", None) is not None:
+        from quantstudy.schemes import get_kv_cache
+
+        scheme = scheme.with_kv_cache(get_kv_cache(v.kv_cache))
     recipe = Recipe(algorithm=v.algorithm, smoothquant=v.smoothquant, dampening=v.dampening,
                     actorder=v.actorder, mse_clip=v.mse_clip, true_sequential=v.true_sequential)
     recipe.check(scheme)
@@ -86,8 +109,8 @@ def resolve_variant(v, model_config: dict):
 
 def quantize_job(v, cfg, model_fp: str, model_ref: str, source: Path, out: Path, model_config: dict) -> Job:
     scheme, recipe = resolve_variant(v, model_config)
-    calib = cfg.calibration if recipe.needs_calibration else None
-    plain_scheme = _plain(scheme)
+    calib = cfg.calibration if recipe.needs_calibration or scheme.kv_cache is not None else None
+    plain_scheme = _scheme_key(scheme)
     inputs = {"stage": "quantize", "name": v.name, "model": model_fp, "scheme": plain_scheme,
               "recipe": _plain(recipe), "calibration": calib and calib.record(), "dtype": "bfloat16",
               "code": __version__}

@@ -174,6 +174,11 @@ class Checker:
     def _VariantConfig_ignore(self, v, p):
         return None if v is None else self.strs(v, p, allow_empty=True)
 
+    def _VariantConfig_kv_cache(self, v, p):
+        from quantstudy.schemes import KV_CACHE_PRESETS
+
+        return None if v is None else self.str_(v, p, tuple(KV_CACHE_PRESETS))
+
     # calibration
     def _CalibrationSpec_source(self, v, p):
         from quantstudy.quantize.calibration import SOURCES

@@ -15,7 +15,8 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.quantize.awq import awq_clip_ratios, awq_quantize, awq_search_scales, input_statistics
 from quantstudy.quantize.layerwise import fold_mapping, foldable
 from quantstudy.quantize.recipes import Algorithm, register
-from quantstudy.schemes import Scheme, Strategy
+from quantstudy.quantize.fp4 import shared_global_scales
+from quantstudy.schemes import GROUPED, Scheme, Strategy
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,12 @@ class AWQ(Algorithm):
                 for t in targets:
                     grams[t] = grams[t] / torch.outer(s, s)  # the inputs are now x / s
             out = {}
+            # NVFP4: fused linears (q/k/v, gate/up) share one global scale, as vLLM reads one
+            g = (shared_global_scales({n: work.module(n).weight.data for n in work.linears})
+                 if args.strategy is Strategy.TENSOR_GROUP else {})
             for n in work.linears:
                 w = work.module(n).weight.data
-                clip = awq_clip_ratios(grams[n], w, args, work.scale_dtype) if args.strategy is Strategy.GROUP else None
-                out[n] = awq_quantize(w, args, work.scale_dtype, clip)
+                clip = (awq_clip_ratios(grams[n], w, args, work.scale_dtype, global_scale=g.get(n))
+                        if args.strategy in GROUPED else None)
+                out[n] = awq_quantize(w, args, work.scale_dtype, clip, global_scale=g.get(n))
         return out
