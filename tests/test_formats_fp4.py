@@ -266,12 +266,23 @@ def activations(smollm2):
 
     model, tokenizer, _ = smollm2
     xs = {n: ([], []) for n in LAYERS}
+
+    class Enough(Exception):
+        """Raised after layer 2: the layers above it are not needed (a full forward costs 10x)."""
+
+    def stop(*_):
+        raise Enough
+
     for k, spec in enumerate((CalibrationSpec("instruct-mix", 16, 256), CalibrationSpec("wikitext", 2, 256, seed=1))):
         hooks = [model.get_submodule(n).register_forward_hook(
             lambda m, i, o, n=n, k=k: xs[n][k].append(i[0].reshape(-1, i[0].shape[-1]).detach())) for n in LAYERS]
+        hooks.append(model.get_submodule("model.layers.3").register_forward_pre_hook(stop))
         with torch.no_grad():
             for row in load_calibration(spec, tokenizer):
-                model(row[None])
+                try:
+                    model(row[None])
+                except Enough:
+                    pass
         for h in hooks:
             h.remove()
     return {n: (torch.cat(c), torch.cat(h), model.get_submodule(n).weight.detach().clone()) for n, (c, h) in xs.items()}
@@ -296,7 +307,8 @@ def test_gptq_and_awq_below_rtn_on_held_out_activations(activations, name):
     for layer, (xc, xh, w) in activations.items():
         rtn = _out_err(xh, w, rtn_quantize(w, args, torch.bfloat16).dequantize())
         h, _ = accumulate_hessian(None, 0, xc)
-        gq = gptq_quantize(w, h, args, torch.bfloat16).dequantize()
+        # abs-max scales (no clip search: ~20 s a matrix on FP4 grids today; tested on its own below)
+        gq = gptq_quantize(w, h, args, torch.bfloat16, mse_clip=False).dequantize()
         gptq = _out_err(xh, w, gq)
         assert _out_err(xc, w, gq) < _out_err(xc, w, rtn_quantize(w, args, torch.bfloat16).dequantize())
         abs_sum, gram, n = input_statistics(xc)
@@ -322,17 +334,3 @@ def test_fp_mse_clip_never_worse_than_absmax_on_its_objective():
 
         absmax, clipped = err(*fp_qparams(w, args)), err(*fp_mse_clip_qparams(w, args))
         assert torch.all(clipped <= absmax) and clipped.sum() < absmax.sum(), name
-
-
-@pytest.mark.slow
-def test_library_fp4_cast_compiled_equals_its_eager_function():
-    """What the autouse fixture relies on: the library's compiled FP4 cast (33 s to compile)
-    gives the bits of its Python function, hence of ours."""
-    from compressed_tensors.quantization.quant_args import FP4_E2M1_DATA
-
-    from quantstudy.numerics_fp import round_fp4
-
-    x = torch.cat([torch.randn(4096) * 3, torch.arange(-6.5, 6.5, 0.125)]).clamp(-6, 6)
-    eager = FP4_E2M1_DATA.cast_to_fp4          # the autouse fixture's: the library's Python function
-    compiled = torch.compile(eager)             # compiled as the library's decorator does
-    assert torch.equal(compiled(x.clone()).view(torch.int32), round_fp4(x).view(torch.int32))
