@@ -16,7 +16,6 @@ compute-bound, 8-bit tensor cores win (W8A8).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil
 
 from quantstudy.bench.preflight import preflight
 from quantstudy.bench.roofline import KernelTimes, kv_capacity_tokens, parallel_layout, resolve_hardware
@@ -93,12 +92,9 @@ def load_curve(eng: KernelTimes, layout: Layout, max_batch: int, prompt: int, ou
     a request's latency is its own prefill, the other prompts' arithmetic riding on the same
     steps, and `output` decode steps of c sequences; Little's law gives the rate."""
     loads = sorted({*(2**i for i in range(0, 12) if 2**i <= max_batch), max_batch})
-    ctx = prompt + output / 2
-    alone = eng.prefill(prompt)
     points = []
     for c in loads:
-        step = eng.step(ceil(c / layout.pp), ctx)
-        latency = alone + (c - 1) * eng.prefill_compute(prompt) / layout.pp + output * step
+        latency, step = eng.loaded(c, prompt, output)
         points.append(LoadPoint(layout.label, layout.replicas, c * layout.replicas, latency, step,
                                 layout.replicas * c / latency))
     return points

@@ -166,6 +166,14 @@ class KernelTimes:
         wire = max(0.0, self.comm(tokens) - self.comm(1)) if self.tp * self.pp > 1 else 0.0
         return lin + self._attn_flops(tokens, tokens / 2) / self._flops_rate("bf16") + wire
 
+    def loaded(self, concurrency: int, prompt: int, output: int) -> tuple[float, float]:
+        """(one request's latency s, decode step s) with `concurrency` requests always in flight:
+        its own prefill, the other prompts' arithmetic riding on the same steps (spread over the
+        pipeline stages), and `output` decode steps of the batch."""
+        step = self.step(ceil(concurrency / self.pp), prompt + output / 2)
+        latency = self.prefill(prompt) + (concurrency - 1) * self.prefill_compute(prompt) / self.pp + output * step
+        return latency, step
+
     def prefill(self, tokens: int) -> float:
         # Alone, a prompt also has to stream the weights once: short prompts are memory-bound.
         lin = max(self.linears(tokens))

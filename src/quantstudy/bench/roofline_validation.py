@@ -23,8 +23,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from quantstudy.bench.deployment import KernelTimes, kv_capacity_tokens
-from quantstudy.bench.roofline import predict
+from quantstudy.bench.roofline import KernelTimes, kv_capacity_tokens, predict
 from quantstudy.bench.roofline_constants import GPU_FACTORS, MAX_NUM_SEQS, Factors, gpu_factors
 from quantstudy.errors import QuantstudyError
 from quantstudy.hardware import get_gpu
@@ -105,9 +104,7 @@ def predict_cell(cell: Cell, factors: Factors = GPU_FACTORS) -> float:
         eng = KernelTimes(shape, cell.format, hw, gpus, factors)
         admits = kv_capacity_tokens(shape, cell.format, hw, gpus) // sum(workload)
         c = max(1, min(math.ceil(cell.concurrency / replicas), admits, MAX_NUM_SEQS * eng.pp))
-        step = eng.step(math.ceil(c / eng.pp), cell.prompt_tokens + cell.output_tokens / 2)
-        latency = eng.prefill(cell.prompt_tokens) + (c - 1) * eng.prefill_compute(cell.prompt_tokens) / eng.pp \
-            + cell.output_tokens * step
+        latency, step = eng.loaded(c, cell.prompt_tokens, cell.output_tokens)
         rps = replicas * c / latency
     return {"requests_per_s": rps, "output_tok_s": rps * cell.output_tokens, "tpot_ms": step * 1e3}[cell.metric]
 
