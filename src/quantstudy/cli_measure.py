@@ -170,7 +170,9 @@ def predict(
             from quantstudy.bench.views import curve_table
 
             for hw in hardwares:
-                console.print(curve_table(model_config, shape, formats, hw, case, gpus))
+                curves = curve_table(model_config, shape, formats, hw, case, gpus)
+                if curves is not None:
+                    console.print(curves)
     for note in preflight_notes(formats, hardwares):
         console.print(f"[yellow]preflight:[/] {note}", highlight=False)
 

@@ -42,6 +42,8 @@ def prediction_table(shape_name: str, shape: ModelShape, formats: list[str], har
                 "async req/s", "async q/$ (GPUs)"):
         table.add_column(col, justify="left" if col in ("hw", "format", "support") else "right")
     for row in cost_table(shape, formats, hardwares, use_case, gpus=gpus):
+        if row.gpus == 0 and row.status != "refused" and row.note:
+            table.caption = ((table.caption + "\n") if table.caption else "") + f"{row.hardware} {row.fmt}: {row.note}"
         if row.gpus == 0:
             table.add_row(row.hardware, row.fmt, row.status, "–", "", "", "", "", "", "", "", end_section=False)
             continue
@@ -67,7 +69,8 @@ def deployment_curves(shape: ModelShape, formats: list[str], hardware, use_case:
 BUDGET_MULTIPLES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
-def curve_table(shape_name: str, shape: ModelShape, formats: list[str], hardware, use_case: str, gpus: int) -> Table:
+def curve_table(shape_name: str, shape: ModelShape, formats: list[str], hardware, use_case: str,
+                gpus: int) -> Table | None:
     """Requests/s each format serves on the deployment under latency budgets (multiples of the
     fastest lone request): the paper's latency-throughput trade-off and its crossover."""
     from quantstudy.bench.deployment import crossover
@@ -75,14 +78,14 @@ def curve_table(shape_name: str, shape: ModelShape, formats: list[str], hardware
 
     hw = resolve_hardware(hardware)
     curves = deployment_curves(shape, formats, hw, use_case, gpus)
+    if not curves:
+        return None   # no format fits: the cost table's notes say why
     table = Table(title=f"{shape_name} · {use_case} · {gpus}x {hw.name}: requests/s under a latency budget "
                         "(layout) · predicted")
     table.add_column("budget s", justify="right")
     for d in curves:
         table.add_column(d.fmt, justify="right")
     table.add_column("best", justify="left")
-    if not curves:
-        return table
     fastest = min(d.latency_s for d in curves)
     budgets = [round(fastest * m, 2) for m in BUDGET_MULTIPLES]
     winners = {b: f for b, f, _ in crossover(curves, budgets)}
