@@ -334,3 +334,39 @@ def test_fp_mse_clip_never_worse_than_absmax_on_its_objective():
 
         absmax, clipped = err(*fp_qparams(w, args)), err(*fp_mse_clip_qparams(w, args))
         assert torch.all(clipped <= absmax) and clipped.sum() < absmax.sum(), name
+
+
+def test_fp_mse_clip_search_equals_the_exhaustive_search():
+    """Skipping groups whose stored scale a candidate leaves unchanged changes nothing: the same
+    scales as evaluating every candidate (coarse grid, then +-4 around each group's best) on
+    every group, for the three grids."""
+    from quantstudy.quantize.fp4 import fp_mse_clip_qparams
+
+    def exhaustive(w, args, grid=100, steps=80, coarse=5, norm=2.4):
+        g = fp.nv_global_scale(w.abs().max()) if fp.is_nv(args) else None
+        wg = w.float().reshape(-1, args.group_size)
+        absmax = torch.maximum(wg.amin(1).clamp(max=0).abs(), wg.amax(1).clamp(min=0))
+
+        def err(i):
+            scale = fp.group_scales(absmax * (1 - i.float() / grid), args, g)
+            step = fp.value_scale(scale, args, g)[:, None]
+            return (fp.qdq(wg, step, args.num_bits) - wg).abs().pow(norm).sum(1), scale
+
+        best_e, best_s = err(torch.zeros(len(wg), dtype=torch.long))
+        best_i = torch.zeros(len(wg), dtype=torch.long)
+        cands = [torch.full_like(best_i, i) for i in range(coarse, steps, coarse)]
+        for phase in (0, 1):
+            for i in cands:
+                e, s = err(i)
+                better = e < best_e
+                best_e, best_i = torch.where(better, e, best_e), torch.where(better, i, best_i)
+                best_s = torch.where(better, s.view(torch.uint8), best_s.view(torch.uint8)).view(s.dtype)
+            center = best_i.clone()
+            cands = [(center + o).clamp(0, steps - 1) for o in range(-(coarse - 1), coarse) if o]
+        return best_s.reshape(w.shape[0], -1)
+
+    w = torch.randn(48, 512, generator=torch.Generator().manual_seed(5)) ** 3
+    for name in ("nvfp4", "mxfp4", "mxfp8"):
+        args = PRESETS[name].weights
+        ours, _ = fp_mse_clip_qparams(w, args)
+        assert torch.equal(ours.view(torch.uint8), exhaustive(w, args).view(torch.uint8)), name

@@ -38,7 +38,7 @@ def test_frontier_preset_adds_the_2026_formats_and_long_context_perplexity():
     for v in cfg.variants:
         scheme, _ = J.resolve_variant(v, model_config)
         labels[v.name] = scheme.label
-    assert {"NVFP4A16", "MXFP4A16", "MXFP8", "W4A8-FP8", "W8A8-INT8+KV-FP8"} <= set(labels.values())
+    assert {"NVFP4", "NVFP4A16", "MXFP4A16", "MXFP8", "W4A8-FP8", "W8A8-INT8+KV-FP8"} <= set(labels.values())
     # format-fixed groups stay what the format says ('auto' does not resize them)
     assert J.resolve_variant(next(v for v in cfg.variants if v.scheme == "mxfp4a16"), model_config)[0] \
         .weights.group_size == 32

@@ -176,6 +176,13 @@ class Scheme:
         return f"W{w.num_bits}A{a.num_bits}-{kind}" + kv
 
     @property
+    def needs_calibration(self) -> bool:
+        """Whether the format itself needs calibration data, whatever the algorithm: an FP8
+        KV cache (its K/V scales) and NVFP4 W4A4 (each linear's static input global scale)."""
+        a = self.activations
+        return self.kv_cache is not None or (a is not None and a.strategy is Strategy.TENSOR_GROUP)
+
+    @property
     def granularity(self) -> int | tuple[int, int] | None:
         """The group size or block shape that has to divide layer widths, if any."""
         if self.weights.strategy in GROUPED:

@@ -74,21 +74,33 @@ def fp_mse_clip_qparams(w: torch.Tensor, args: WeightQuant, global_scale: torch.
 def _search(wg: torch.Tensor, args: WeightQuant, g, grid: int, steps: int, norm: float, coarse_step: int):
     absmax = torch.maximum(wg.amin(dim=1).clamp(max=0).abs(), wg.amax(dim=1).clamp(min=0))
 
-    def error(p: torch.Tensor):
-        scale = fp.group_scales(absmax * p, args, g)
+    def error(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         step = fp.value_scale(scale, args, g)[:, None]
-        return (fp.qdq(wg, step, args.num_bits) - wg).abs().pow(norm).sum(dim=1), scale
+        return (fp.qdq(rows, step, args.num_bits) - rows).abs().pow(norm).sum(dim=1)
 
-    best_err, best_scale = error(torch.ones_like(absmax))
+    best_scale = fp.group_scales(absmax, args, g)
+    best_err = error(wg, best_scale)
     best_i = torch.zeros_like(absmax, dtype=torch.long)
+    last = best_scale.view(torch.uint8).clone()   # per group, the scale evaluated last
 
     def consider(i: torch.Tensor) -> None:
-        nonlocal best_err, best_scale, best_i
-        err, scale = error(1 - i.float() / grid)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale.view(torch.uint8), best_scale.view(torch.uint8)).view(scale.dtype)
-        best_i = torch.where(better, i, best_i)
+        # Neighbouring candidates mostly round to the same stored scale (an MX scale is a power
+        # of two: 2-3 distinct values over the whole range; NVFP4's FP8 has 8 per binade), and
+        # an already-evaluated scale has an already-considered error: only groups whose scale
+        # changed are quantized (the result is the exhaustive search's, bit for bit).
+        nonlocal best_err, best_scale, best_i, last
+        scale = fp.group_scales(absmax * (1 - i.float() / grid), args, g)
+        bits = scale.view(torch.uint8)
+        idx = (bits != last).nonzero().squeeze(1)
+        last = bits
+        if idx.numel() == 0:
+            return
+        err = error(wg[idx], scale[idx])
+        better = err < best_err[idx]
+        won = idx[better]
+        best_err[won] = err[better]
+        best_scale.view(torch.uint8)[won] = bits[won]
+        best_i[won] = i[won]
 
     for i in range(coarse_step, steps, coarse_step):
         consider(torch.full_like(best_i, i))
@@ -150,3 +162,33 @@ def calibrate_input_global_scales(model: torch.nn.Module, calib_ids: torch.Tenso
         for h in handles:
             h.remove()
     return {n: fp.input_global_scale(absmax[n]) for n in names}
+
+
+class InputAbsMax:
+    """While active: each named linear's input abs-max over the forwards that run (NVFP4
+    W4A4's static input global scale, per linear, from the quantized layer's own forward as
+    the walk runs it). A forward (post) hook, so it sees the input the linear computed with,
+    after any pre-hook changed it (the one-pass walk divides by the smoothing scales there)."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str]):
+        self.module, self.names, self.absmax, self.handles = module, names, {}, []
+
+    def _record(self, name: str, x: torch.Tensor) -> None:
+        m = x.detach().abs().amax().float()
+        self.absmax[name] = torch.maximum(self.absmax[name], m) if name in self.absmax else m
+
+    def __enter__(self) -> "InputAbsMax":
+        self.handles = [self.module.get_submodule(n).register_forward_hook(
+            lambda _m, args, _out, n=n: self._record(n, args[0])) for n in self.names]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def global_scales(self) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.names if n not in self.absmax]
+        if missing:
+            raise ValueError(f"no input reached {', '.join(missing)} during calibration")
+        return {n: fp.input_global_scale(self.absmax[n]).cpu() for n in self.names}

@@ -103,7 +103,7 @@ def quantize_loaded(
     start = time.perf_counter()
     store_dtype = torch_dtype(dtype)
     stats: dict = {}
-    if recipe.needs_calibration or scheme.kv_cache is not None:   # an FP8 KV cache needs its scales
+    if recipe.needs_calibration or scheme.needs_calibration:   # KV-cache / NVFP4 input scales
         check_shapes(quantizable_linears(model, scheme), scheme)  # before any calibration work
         if not in_place:
             model = copy.deepcopy(model)

@@ -24,6 +24,7 @@ algorithms' layer handlers in algorithms/; which norm feeds which linears in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
@@ -35,13 +36,14 @@ from quantstudy.inference.kv_quant import attention_modules, observing
 from quantstudy.models.families import Family, family_for
 from quantstudy.numerics import QuantizedWeight
 from quantstudy.quantize.activations import Activations, LayerBatches
+from quantstudy.quantize.fp4 import InputAbsMax
 from quantstudy.quantize.layerwise import LayerWork, fold_mapping, forward_precision, has_module
 from quantstudy.quantize.model import LayerReport, is_ignored
 from quantstudy.quantize.one_pass import DEFAULT_BUDGET, input_groups, live_bytes, run_layer
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.smoothquant import smoothing_scales
-from quantstudy.schemes import Scheme
+from quantstudy.schemes import Scheme, Strategy
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -239,6 +241,9 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
     reports: list[LayerReport] = []
     probed: dict[tuple, list[list[str]]] = {}   # (layer class, its linears) -> input groups
     kv = scheme.kv_cache
+    # NVFP4 W4A4: each linear's static input global scale, from the inputs of the forward
+    # that runs the quantized layer; its tensors go to the sink once that forward is over
+    input_scales = scheme.activations is not None and scheme.activations.strategy is Strategy.TENSOR_GROUP
     for index, layer in enumerate(layers):
         layer_prefix = f"{prefix}.{index}"
         # FP8 KV cache: max|K| (after RoPE) and max|V| of the forward that runs the *quantized*
@@ -252,9 +257,11 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
         batches = LayerBatches(hidden, layer_kwargs[index])
         work = LayerWork(layer, batches, local, scheme, scale_dtype, layer_prefix, family, gemm_dtype)
         quantized = set()
+        held = KeepQuantized() if input_scales else sink
+        inputs = InputAbsMax(layer, local) if input_scales else contextlib.nullcontext()
 
         def put(n: str, qw: QuantizedWeight) -> None:
-            commit(layer.get_submodule(n), f"{layer_prefix}.{n}", qw, sink, reports)
+            commit(layer.get_submodule(n), f"{layer_prefix}.{n}", qw, held, reports)
             quantized.add(n)
 
         if one_pass:   # one forward: quantized group by group on the way through
@@ -266,7 +273,7 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
             if key not in probed:
                 probed[key] = input_groups(layer, runs[0][0], runs[0][1], local, gemm_dtype)
             groups = [list(g) for g in probed[key]]
-            with watch as observer:
+            with watch as observer, inputs:
                 outs = run_layer(work, runs, groups, lambda w, names, h: algorithm.quantize_group(w, names, h, config),
                                  put, recipe.smoothquant)
             del runs
@@ -285,14 +292,22 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
             del outs
             hidden.close()
             hidden = nxt
-        elif index + 1 < len(layers) or kv is not None:   # quantized outputs feed the next layer
+        elif index + 1 < len(layers) or kv is not None or input_scales:   # quantized outputs feed the next layer
             nxt = Activations(max_memory, device or "cpu")
-            with watch as observer, forward_precision(gemm_dtype, device or "cpu"):
+            with watch as observer, inputs, forward_precision(gemm_dtype, device or "cpu"):
                 for h, kw in batches:
                     out = layer(h, **kw)
                     nxt.append(out[0] if isinstance(out, tuple) else out)
             hidden.close()
             hidden = nxt
+        if input_scales:
+            try:
+                scales = inputs.global_scales()
+            except ValueError as exc:
+                raise QuantstudyError(f"{layer_prefix}: {exc}") from None
+            for name, qw in held.qweights.items():
+                n = name.removeprefix(layer_prefix + ".")
+                sink.add_linear(name, dataclasses.replace(qw, input_global_scale=scales[n]), layer.get_submodule(n))
         if kv is not None:
             k_scale, v_scale = observer.scales(scale_dtype)
             sink.add(f"{layer_prefix}.{attn[0]}.k_scale", k_scale)

@@ -32,14 +32,16 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.models.checkpoint import read_checkpoint_info
 from quantstudy.models.references import torch_dtype
 from quantstudy.models.shards import ShardIndex
+from quantstudy.numerics_fp import nv_global_scale
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
+from quantstudy.quantize.fp4 import fp_rtn, fused_groups
 from quantstudy.quantize.model import LayerReport, check_shapes, is_ignored
 from quantstudy.quantize.process import keep_memory_returnable
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.sequential import decoder_layers, layers_prefix, walk
 from quantstudy.quantize.writer import CheckpointOutput
-from quantstudy.schemes import Scheme
+from quantstudy.schemes import Scheme, Strategy
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -163,9 +165,10 @@ def quantize_streaming(
     output = CheckpointOutput(out_dir, scheme, store_dtype, max_shard_bytes)
     sink = ShardSink(output)
     stats: dict = {}
-    # An FP8 KV cache needs K and V scales, so a calibration forward even for RTN (the walk
-    # with RTN's layer handler: same weights as the model-free path, bit for bit)
-    calibrate = recipe.needs_calibration or scheme.kv_cache is not None
+    # An FP8 KV cache needs K and V scales, NVFP4 W4A4 its linears' input global scales, so a
+    # calibration forward even for RTN (the walk with RTN's layer handler: same weights as the
+    # model-free path, bit for bit)
+    calibrate = recipe.needs_calibration or scheme.needs_calibration
     try:
         if calibrate:
             calib_ids = load_calibration(calibration, tokenizer)
@@ -177,10 +180,13 @@ def quantize_streaming(
                 on_start(len(targets))
         # what is left: targets outside the walk (all of them for RTN; lm_head when not ignored),
         # then every other tensor of the source (embeddings, the final norm, untargeted linears)
-        for name, _ in targets:
+        left = [name for name, _ in targets if f"{name}.weight" not in sink.written]
+        shared = _shared_global_scales(shards, left, scheme)
+        for name in left:
             if f"{name}.weight" not in sink.written:
                 w = shards.get(f"{name}.weight", dtype=torch.float32)
-                qw = rtn_quantize(w, scheme.weights, store_dtype)
+                qw = rtn_quantize(w, scheme.weights, store_dtype) if name not in shared else \
+                    fp_rtn(w, scheme.weights, shared[name])
                 reports.append(LayerReport.measure(name, w, qw))
                 bias = f"{name}.bias"
                 output.add_linear(name, qw, bias=shards.get(bias) if bias in shards else None)
@@ -203,6 +209,18 @@ def quantize_streaming(
     finally:
         shards.close()
     return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)
+
+
+def _shared_global_scales(shards: ShardIndex, names: list[str], scheme: Scheme) -> dict[str, torch.Tensor]:
+    """NVFP4: one global scale per fused set (q/k/v, gate/up) of `names`, as the walk and the
+    in-memory path give them (vLLM keeps one per fused layer); read one tensor at a time."""
+    if scheme.weights.strategy is not Strategy.TENSOR_GROUP:
+        return {}
+    out = {}
+    for members in fused_groups(names):
+        absmax = max(shards.get(f"{n}.weight", dtype=torch.float32).abs().max() for n in members)
+        out.update({n: nv_global_scale(absmax) for n in members})
+    return out
 
 
 def _calibrated(model, weights: ShardWeights, sink, scheme, recipe, calib_ids, store_dtype, dev, max_memory,

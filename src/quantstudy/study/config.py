@@ -33,10 +33,12 @@ DEFAULT_VARIANTS = (
 )
 
 # `variants: frontier` (or `quantstudy study --preset frontier`): the paper's five plus the
-# formats deployed since (issue 18) -- FP4 weights with NVFP4's and MXFP4's scales (RTN, and
-# GPTQ to get accuracy back), MXFP8, Hopper's W4A8-FP8, and an FP8 KV cache on the paper's
+# formats deployed since (issue 18) -- NVFP4 W4A4 (Blackwell's native FP4) and FP4 weights
+# alone with NVFP4's and MXFP4's scales (RTN, and GPTQ to get accuracy back), MXFP8, Hopper's W4A8-FP8, and an FP8 KV cache on the paper's
 # INT8 variant (the cache is an axis of its own: same weights, K/V stored in FP8).
 FRONTIER_VARIANTS = DEFAULT_VARIANTS + (
+    {"name": "nvfp4-rtn", "scheme": "nvfp4", "algorithm": "rtn"},
+    {"name": "nvfp4-gptq", "scheme": "nvfp4", "algorithm": "gptq"},
     {"name": "nvfp4a16-rtn", "scheme": "nvfp4a16", "algorithm": "rtn"},
     {"name": "nvfp4a16-gptq", "scheme": "nvfp4a16", "algorithm": "gptq"},
     {"name": "mxfp4a16-gptq", "scheme": "mxfp4a16", "algorithm": "gptq"},

@@ -109,7 +109,7 @@ def resolve_variant(v, model_config: dict):
 
 def quantize_job(v, cfg, model_fp: str, model_ref: str, source: Path, out: Path, model_config: dict) -> Job:
     scheme, recipe = resolve_variant(v, model_config)
-    calib = cfg.calibration if recipe.needs_calibration or scheme.kv_cache is not None else None
+    calib = cfg.calibration if recipe.needs_calibration or scheme.needs_calibration else None
     plain_scheme = _scheme_key(scheme)
     inputs = {"stage": "quantize", "name": v.name, "model": model_fp, "scheme": plain_scheme,
               "recipe": _plain(recipe), "calibration": calib and calib.record(), "dtype": "bfloat16",
