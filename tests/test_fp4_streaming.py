@@ -96,3 +96,34 @@ def test_nvfp4a16_model_free_rtn_shares_global_scales_as_in_memory(source, tmp_p
             qw = qweights[f"model.layers.{i}.{n}"]
             assert torch.equal(_layer(state, i, n, "weight_global_scale"), qw.global_scale.float().reshape(1)), n
             assert torch.equal(_layer(state, i, n, "weight_scale"), qw.scale), n
+
+
+@pytest.mark.parametrize("name", ["nvfp4a16", "mxfp4a16", "mxfp8", "mxfp4", "nvfp4"])
+def test_transformers_reloads_the_checkpoint(source, tmp_path, name):
+    """transformers' compressed-tensors integration reads every FP4/MX checkpoint (in bf16 only:
+    it decompresses into bf16 whatever the model's dtype): decompressed, its weights are ours
+    rounded to bf16, bit for bit; run compressed in bf16, its logits are our fake-quant model's
+    in bf16 -- except NVFP4 W4A4, whose activation QDQ compressed-tensors computes in the input's
+    bf16 where vLLM's (and ours) work in float32; with the loaded model cast to float32 its
+    forward is ours bit for bit, NVFP4 W4A4 included (our input global scales, read back)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    from quantstudy.inference.loading import load_fake_quant_model
+    from quantstudy.models.checkpoint import load_dequantized_weights
+
+    folder, _, tok = source
+    out = quantize_checkpoint(folder, PRESETS[name], tmp_path / name, Recipe(algorithm="rtn"), CALIB,
+                              device="cpu").checkpoint.path
+    dense = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16,
+                                                 quantization_config=CompressedTensorsConfig(run_compressed=False))
+    weights, _, _ = load_dequantized_weights(out)
+    for layer, w in weights.items():
+        assert torch.equal(dense.get_submodule(layer).weight, w.to(torch.bfloat16)), layer
+    ids = tok("Four bits per weight, and sometimes per activation", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        if name != "nvfp4":   # before the casts below (.float() also casts the rotary buffers in place)
+            theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)(ids).logits
+            assert torch.equal(theirs, load_fake_quant_model(out, dtype=torch.bfloat16)[0](ids).logits)
+        ours = load_fake_quant_model(out, dtype=torch.bfloat16)[0].float()
+        assert torch.equal(dense.float()(ids).logits, ours(ids).logits)
