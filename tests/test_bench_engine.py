@@ -346,21 +346,33 @@ def test_run_bench_refuses_a_server_that_miscounts_tokens(fake_vllm, tmp_path):
 
 
 def test_server_dies_with_a_killed_client(fake_vllm, tmp_path):
-    """SIGKILL runs neither __exit__ nor atexit: the parent-death signal must end the server."""
+    """SIGKILL runs neither __exit__ nor atexit: the parent-death signal ends the server, and
+    the group reaper ends what it spawned (the fake's child, like vLLM's EngineCore, has no
+    parent-death signal and ignores its parent's exit)."""
     client = subprocess.Popen([sys.executable, "-c", (
         "import os, signal, sys; from quantstudy.inference.vllm_server import VLLMServer\n"
-        f"s = VLLMServer({str(tmp_path)!r}, 'fake', python={str(fake_vllm)!r}); s.start()\n"
+        f"s = VLLMServer({str(tmp_path)!r}, 'fake', python={str(fake_vllm)!r}, grace_s=2.0); s.start()\n"
         "os.kill(os.getpid(), signal.SIGKILL)")])
     assert client.wait(timeout=60) == -signal.SIGKILL
-    leader, _ = _pids(tmp_path)
-    deadline = time.monotonic() + 10
-    while _alive(leader) and time.monotonic() < deadline:
+    leader, child = _pids(tmp_path)
+    deadline = time.monotonic() + 15
+    while (_alive(leader) or _alive(child)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(leader)
-    try:  # the fake's own child has no parent-death signal (vLLM's engine core watches its parent)
+    alive = _alive(leader), _alive(child)
+    try:  # so a failure leaves nothing behind either
         os.killpg(leader, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    assert alive == (False, False) and group_members(leader) == []
+
+
+def test_the_reaper_signals_nothing_after_a_normal_stop(fake_vllm, tmp_path):
+    """A stopped server's watchdog is ended, not triggered: no process is left, and none is
+    signalled later (the group id could be reused)."""
+    with VLLMServer(tmp_path, "fake", python=str(fake_vllm)) as server:
+        watchdog = server._reaper.proc
+        assert watchdog.poll() is None
+    assert server._reaper is None and watchdog.poll() == -signal.SIGKILL
 
 
 def test_a_server_error_in_the_stream_is_reported_with_its_message():

@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from quantstudy.errors import QuantstudyError
+from quantstudy.inference.reaper import GroupReaper
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
@@ -162,6 +163,7 @@ class VLLMServer:
         # it matters only when something went wrong, and benches start many servers.
         self._own_log, self.keep_log, self._failed = log_path is None, keep_log, False
         self.proc: subprocess.Popen | None = None
+        self._reaper: GroupReaper | None = None
         self.info: EngineInfo | None = None
 
     # -- public -----------------------------------------------------------------------
@@ -205,6 +207,7 @@ class VLLMServer:
                 raise QuantstudyError(f"engine failed to start: cannot run {cmd[0]}: {exc.strerror}") from None
         _LIVE.add(self)
         self.info.pid = self.proc.pid
+        self._reaper = GroupReaper(self.proc.pid, self.grace_s)   # if we are killed: the whole group goes
         try:  # anything from here on -- timeout, death, Ctrl-C -- must not leave it running
             self._wait_ready(t0)
         except BaseException:
@@ -263,6 +266,9 @@ class VLLMServer:
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
         _signal_group(pgid, signal.SIGKILL)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         # Only now: a second Ctrl-C during the waits above leaves it to the atexit net.
         self.proc = None
         _LIVE.discard(self)
