@@ -33,6 +33,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _one_line_usage_error(exc) -> None:
+    """typer's usage errors (unknown option, bad value, missing argument) as every other error:
+    one line on stderr, exit 2 (typer exits with the exception's code, 2 for usage errors)."""
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "quantstudy"
+    err_console.print(f"[bold red]error:[/] {exc.format_message()} (see: {command} --help)", highlight=False,
+                      soft_wrap=True)
+
+
+import typer.rich_utils as _typer_rich  # noqa: E402  (typer calls it by attribute at error time)
+
+_typer_rich.rich_format_error = _one_line_usage_error
+
 # Piped (not a terminal), tables keep every cell whole: rich would otherwise fit them to 80
 # columns and cut the names a script reads (`quantstudy schemes | cat` printed "w8a8-f…").
 console = Console() if sys.stdout.isatty() else Console(width=100_000)
@@ -54,6 +68,12 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except QuantstudyError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            # the machine said no (disk full, read-only, permission, a file where a folder goes):
+            # the path and the system's words, not a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            err_console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

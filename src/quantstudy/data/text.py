@@ -77,20 +77,27 @@ def user_documents(path: str) -> list:
     p = Path(path).expanduser()
     if not p.is_file():
         raise QuantstudyError(f"calibration file '{path}' not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise QuantstudyError(f"{p} is not UTF-8 text (byte {exc.start}): a JSONL file of "
+                              '{"text": ...} lines is expected') from None
+    except OSError as exc:
+        raise QuantstudyError(f"cannot read calibration file {p}: {exc.strerror or exc}") from None
     docs = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise QuantstudyError(f"{p}:{n}: not valid JSON") from None
-        if "messages" in row:
+        if isinstance(row, dict) and isinstance(row.get("messages"), list):
             docs.append(row["messages"])
-        elif "text" in row:
+        elif isinstance(row, dict) and isinstance(row.get("text"), str):
             docs.append(row["text"])
         else:
-            raise QuantstudyError(f"{p}:{n}: each line needs a 'text' or a 'messages' field")
+            raise QuantstudyError(f"{p}:{n}: each line needs a 'text' string or a 'messages' list")
     if not docs:
         raise QuantstudyError(f"{p} holds no calibration documents")
     return docs

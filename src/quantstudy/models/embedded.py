@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from quantstudy.errors import QuantstudyError
 from quantstudy.packaged import find_packaged_file
 
 EMBEDDED_MODELS = {
@@ -47,8 +48,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src_dir, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError, EOFError) as exc:   # the gguf reader's words for a bad file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise QuantstudyError(f"cannot read {gguf_path} as a GGUF model: {first}") from None
     # A GGUF-loaded model keeps a gguf quantization_config and refuses save_pretrained:
     # rebuild a plain model from the same config and move the float weights over.
     config_dict = gguf_model.config.to_dict()

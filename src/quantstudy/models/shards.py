@@ -79,9 +79,30 @@ class ShardIndex:
                 raise QuantstudyError(f"{path}: tensor {name} is cut short")
         t = torch.frombuffer(buf, dtype=TORCH_DTYPES[dtype_name]) if buf else torch.empty(0, dtype=TORCH_DTYPES[dtype_name])
         t = t.reshape(shape)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            # caught where the tensor is read, before any work uses it: a NaN weight would
+            # otherwise surface as a downstream symptom (a "not positive definite" Hessian) or
+            # be written into a checkpoint with a NaN SQNR
+            bad = int((~torch.isfinite(t)).sum())
+            raise QuantstudyError(f"{path}: tensor {name} holds {bad} NaN or infinite value(s) of {t.numel()}; "
+                                  "quantstudy does not quantize a model with non-finite weights")
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         return t.to(device) if str(device) != "cpu" else t
+
+    def check_matches(self, model: torch.nn.Module, tied: bool) -> None:
+        """Every parameter the model's config builds is in the shards with the config's shape
+        (read from the headers, before any work): a config.json and weights that disagree are
+        refused here instead of being quantized into a checkpoint no engine can load."""
+        for name, param in model.named_parameters():
+            if name not in self.entries:
+                if tied and name == "lm_head.weight":
+                    continue
+                raise QuantstudyError(f"{self.folder}: the model's config expects tensor {name} "
+                                      f"{list(param.shape)}, which no shard holds")
+            if self.shape(name) != tuple(param.shape):
+                raise QuantstudyError(f"{self.folder}: tensor {name} has shape {list(self.shape(name))} but "
+                                      f"config.json implies {list(param.shape)}; the config and the weights disagree")
 
     def with_prefix(self, prefix: str) -> list[str]:
         return [n for n in self.entries if n.startswith(prefix)]

@@ -213,6 +213,15 @@ def _attention_of(layer: nn.Module, prefix: str) -> tuple[str, nn.Module]:
     return found[0]
 
 
+def _check_finite(t: torch.Tensor, where: str) -> None:
+    """Calibration activations must be finite: a NaN or Inf here would surface later as a
+    Hessian that is "not positive definite", a symptom that hides the cause."""
+    if not bool(torch.isfinite(t).all()):
+        raise QuantstudyError(f"the calibration activations out of {where} hold NaN or infinite values: the model "
+                              "overflows on this calibration text in its forward dtype (try --forward-dtype float32, "
+                              "or other calibration data)")
+
+
 @torch.no_grad()
 def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe: Recipe, calib_ids: torch.Tensor,
          scale_dtype: torch.dtype, batch_size: int = 8, device=None, max_memory: int | None = None,
@@ -233,6 +242,8 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
         check_mappings(layers[0], family, f"{prefix}.0")
     hidden = Activations(max_memory, device or "cpu")
     layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden, device, gemm_dtype)
+    for h in hidden:
+        _check_finite(h, "the embedding")
     if after_capture:
         after_capture()   # what only the capture needed (a streamed model's embedding) can go
     one_pass = one_pass_applies(algorithm, recipe, layers, hidden, max_memory)
@@ -288,6 +299,7 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
         if one_pass:   # the pass's outputs are the quantized layer's: they feed the next layer
             nxt = Activations(max_memory, device or "cpu")
             for out in outs:
+                _check_finite(out, layer_prefix)
                 nxt.append(out)
             del outs
             hidden.close()
@@ -297,7 +309,9 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
             with watch as observer, inputs, forward_precision(gemm_dtype, device or "cpu"):
                 for h, kw in batches:
                     out = layer(h, **kw)
-                    nxt.append(out[0] if isinstance(out, tuple) else out)
+                    out = out[0] if isinstance(out, tuple) else out
+                    _check_finite(out, layer_prefix)
+                    nxt.append(out)
             hidden.close()
             hidden = nxt
         if input_scales:

@@ -20,6 +20,7 @@ the same device. GPTQ runs each layer's forward once (true sequential, `one_pass
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,7 +42,7 @@ from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.sequential import decoder_layers, layers_prefix, walk
 from quantstudy.quantize.writer import CheckpointOutput
-from quantstudy.schemes import Scheme, Strategy
+from quantstudy.schemes import Scheme, Strategy, stored_weight_bytes
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -161,8 +162,10 @@ def quantize_streaming(
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_ignored(n, scheme.ignore)]
     check_shapes(targets, scheme)     # before any work
     shards = ShardIndex(source)
+    shards.check_matches(model, bool(getattr(model.config, "tie_word_embeddings", False)))
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    output = CheckpointOutput(out_dir, scheme, store_dtype, max_shard_bytes)
+    output = CheckpointOutput(out_dir, scheme, store_dtype, max_shard_bytes,
+                              expected_bytes=_expected_bytes(shards, targets, scheme, store_dtype))
     sink = ShardSink(output)
     stats: dict = {}
     # An FP8 KV cache needs K and V scales, NVFP4 W4A4 its linears' input global scales, so a
@@ -209,6 +212,20 @@ def quantize_streaming(
     finally:
         shards.close()
     return QuantizeResult(read_checkpoint_info(out_dir), reports, time.perf_counter() - start)
+
+
+def _expected_bytes(shards: ShardIndex, targets, scheme: Scheme, store_dtype: torch.dtype) -> int:
+    """The checkpoint's size, from the source's tensor shapes: targeted linears at the format's
+    stored bytes, everything else in the checkpoint's dtype."""
+    quantized = {f"{name}.weight" for name, _ in targets}
+    total = 0.0
+    for name in shards.names():
+        shape = shards.shape(name)
+        if name in quantized and len(shape) == 2:
+            total += stored_weight_bytes(scheme.weights, *shape)
+        else:
+            total += math.prod(shape) * store_dtype.itemsize
+    return int(total)
 
 
 def _shared_global_scales(shards: ShardIndex, names: list[str], scheme: Scheme) -> dict[str, torch.Tensor]:

@@ -93,13 +93,33 @@ def check_output(out_dir: Path) -> None:
         raise QuantstudyError(f"{out_dir} exists and {what}; choose another --out or remove it")
 
 
+def check_free_space(out_dir: Path, needed: int) -> None:
+    """Refuse before any work when the checkpoint (`needed` bytes, estimated) cannot fit: a full
+    disk found after an hour of calibration is an hour lost. 5% and 64 MiB of slack for the
+    tokenizer, configs and the estimate's error."""
+    parent = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise QuantstudyError(f"cannot write {out_dir}: {parent} is a file, not a folder")
+    free = shutil.disk_usage(parent).free
+    want = int(needed * 1.05) + (64 << 20)
+    if free < want:
+        raise QuantstudyError(f"not enough space for the checkpoint in {parent}: it needs about "
+                              f"{want / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
+
+
 class CheckpointOutput:
     """A checkpoint being written: tensors in, one folder out, or nothing."""
 
-    def __init__(self, out_dir: str | Path, scheme: Scheme, dtype: torch.dtype, max_shard_bytes: int | None = None):
+    def __init__(self, out_dir: str | Path, scheme: Scheme, dtype: torch.dtype, max_shard_bytes: int | None = None,
+                 expected_bytes: int | None = None):
         self.out_dir, self.scheme, self.dtype = Path(out_dir), scheme, dtype
         check_output(self.out_dir)
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if expected_bytes is not None:
+            check_free_space(self.out_dir, expected_bytes)
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QuantstudyError(f"cannot create {self.out_dir.parent}: {exc.strerror or exc}") from None
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
         self.shards = ShardWriter(self.tmp, max_shard_bytes or MAX_SHARD_BYTES)
 
