@@ -289,6 +289,21 @@ def evaluate_out_under_a_file(good, tmp):
             "--out", str(tmp / "afile" / "e.json")], tmp / "afile" / "e.json"
 
 
+def evaluate_config_disagrees(good, tmp):
+    folder = _copy(good, tmp)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["hidden_size"] = 96
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return ["evaluate", "--model", str(folder), "--tasks", "ppl", "--limit", "2", "--out", str(tmp / "e.json")], \
+        tmp / "e.json"
+
+
+def info_config_not_json(good, tmp):
+    folder = _quantized(good, tmp)
+    (folder / "config.json").write_text("{not json")
+    return ["info", str(folder)], None
+
+
 def compare_missing_variant(good, tmp):
     return ["compare", "--model", str(good), "--variant", str(tmp / "none"), "--limit", "2",
             "--out", str(tmp / "c.json")], tmp / "c.json"
@@ -366,7 +381,7 @@ CASES = [
     (recommend_on_nothing, "nostudy"), (recommend_on_wrong_json, "does not fit"),
     (report_on_binary_results, "results.json"), (report_on_wrong_json, "results.json"),
     (study_unknown_scheme, "w5a5"), (study_absurd_limit, "limit"), (study_out_is_a_file, "study"),
-    (predict_absurd_gpus, "--gpus"), (predict_unknown_use_case, "poetry"), (bench_missing_model, "none"),
+    (evaluate_config_disagrees, "config.json implies"), (info_config_not_json, "config.json"), (predict_absurd_gpus, "--gpus"), (predict_unknown_use_case, "poetry"), (bench_missing_model, "none"),
 ]
 
 
@@ -389,3 +404,24 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(good, tmp_path, monkeyp
         assert not out.exists(), f"{out} was left behind"
     left = {p for p in set(work.rglob("*")) - before if p.name != "runs"}
     assert not left, f"left behind: {sorted(map(str, left))}"
+
+
+def test_a_study_folder_in_use_is_refused_naming_the_holder(good, tmp_path):
+    """A second study on a folder another one holds: one line naming the holder's pid, exit 2,
+    and nothing of the folder touched; the lock goes with its holder (a kernel flock)."""
+    import os
+
+    from quantstudy.study.lock import StudyLock
+
+    (tmp_path / "s.yaml").write_text(f"model: {good}\nvariants:\n  - {{name: r, scheme: w4a16, group_size: 32}}\n"
+                                     "evaluate: false\ncompare: false\nbench: false\n")
+    study = tmp_path / "study"
+    study.mkdir()
+    with StudyLock(study):
+        before = sorted(study.iterdir())
+        result = runner.invoke(app, ["study", str(tmp_path / "s.yaml"), "--out", str(study)], env=ENV)
+        assert result.exit_code == 2 and result.output.strip().startswith("error:"), result.output
+        assert f"pid {os.getpid()}" in result.output and len(result.output.strip().splitlines()) == 1
+        assert sorted(study.iterdir()) == before
+    with StudyLock(study):   # released: taken again at once
+        pass

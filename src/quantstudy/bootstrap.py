@@ -55,6 +55,28 @@ def replicates(stat: Callable[[np.ndarray], np.ndarray], n: int, n_bootstrap: in
     return np.concatenate([stat(idx) for idx in index_blocks(n, n_bootstrap, rng)])
 
 
+def nested_means(draws: Sequence[np.ndarray], n_bootstrap: int, rng: np.random.Generator,
+                 inner_rng: np.random.Generator) -> np.ndarray:
+    """Two-level replicates for items that each have k draws (samples, seeded runs): `draws`
+    are (n, k) arrays over the same n items (baseline and variant). Each replicate resamples
+    items -- the very indices `index_blocks` draws from `rng`, so with identical draws it is
+    the one-level bootstrap exactly -- then, for each drawn item, its k draws with replacement
+    (from `inner_rng`), the same draw indices for every array (a seed pairs like an item does).
+    Returns (n_bootstrap, len(draws)): the mean over items of each item's resampled draw mean.
+    """
+    n, k = draws[0].shape
+    if any(d.shape != (n, k) for d in draws):
+        raise QuantstudyError("two-level bootstrap: every array needs the same items and draws")
+    out = []
+    for idx in index_blocks(n, n_bootstrap, rng):
+        rows = max(1, BLOCK_ELEMENTS // (n * k))   # bound the (rows, n, k) index block in memory
+        for start in range(0, len(idx), rows):
+            outer = idx[start:start + rows, :, None]
+            inner = inner_rng.integers(0, k, size=(len(outer), n, k))
+            out.append(np.stack([d[outer, inner].mean(axis=2).mean(axis=1) for d in draws], axis=1))
+    return np.concatenate(out)
+
+
 def quantiles(confidence: float = CONFIDENCE) -> tuple[float, float]:
     # rounded so 0.95 gives exactly the doubles nearest 0.025 and 0.975, however it is spelt
     return round((1 - confidence) / 2, 12), round((1 + confidence) / 2, 12)

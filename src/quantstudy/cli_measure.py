@@ -49,6 +49,15 @@ def evaluate(
                                        "test); --limit is then the budget per task (default 1000)."),
     min_recovery: float = typer.Option(0.99, help="With --until-decided: the recovery floor decided against."),
     round_items: int = typer.Option(100, "--round", help="With --until-decided: items per task per round."),
+    samples: str = typer.Option("1", help="Code tasks (HumanEval): samples per problem, scored as unbiased pass@1 "
+                                "(pass@k kept per item); 'paper' = the paper's 50 samples at temperature 0.2, "
+                                "top-p 0.95. Default: one greedy sample."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature for the generative tasks "
+                                                "(default 0: greedy; 0.2 with --samples paper)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass (default 1; 0.95 with "
+                                          "--samples paper)."),
+    seeds: int = typer.Option(1, help="Reasoning tasks (GSM8K): K sampled runs (seeds 0..K-1, needs --temperature); "
+                              "item score = mean over seeds, intervals resample items and seeds."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The report is also written to --out."),
 ) -> None:
     """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
@@ -58,17 +67,21 @@ def evaluate(
     (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
     divergence / top-1 agreement against the baseline on held-out WikiText. With --engine
     vllm|auto the served numbers are compared with emulation and the engine's noise floor.
+    Greedy by default; --samples N|paper scores HumanEval as pass@1 from N samples, --seeds K
+    GSM8K as the mean of K sampled runs (with --temperature), intervals over items and draws.
     """
     import json
 
     from quantstudy.evaluate.registry import parse_tasks
     from quantstudy.evaluate.report_table import evaluation_table, served_table
     from quantstudy.evaluate.runner import EvalSettings, evaluate_models
+    from quantstudy.evaluate.sampling import resolve
 
+    sampling = resolve(samples, temperature, top_p, seeds)   # before any model loads: a bad value is one line
     settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
                             batch_size=batch_size, dtype=dtype, engine=engine, concurrency=concurrency, twin=twin,
                             prefix_cache=prefix_cache, until_decided=until_decided, min_recovery=min_recovery,
-                            round_items=round_items)
+                            round_items=round_items, sampling=sampling)
     plan = _serve_plan(model, variant, engine, url, vllm_python)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not err_console.is_terminal) as progress:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from quantstudy.errors import QuantstudyError
+from quantstudy.evaluate.sampling import CODE, REASONING, run_sampled
 from quantstudy.items import ItemResult
 
 
@@ -29,6 +30,7 @@ class EvalContext:
     ppl_seq_len: int = 512
     batch_size: int = 8
     task_limits: dict = field(default_factory=dict)   # task -> its own limit (evaluate until decided)
+    sampling: Any = None          # `sampling.Sampling` for generative tasks; None: greedy
 
     def apply_chat(self, task: str):
         """The chat-template wrapper for a generative task, or None for a raw prompt."""
@@ -58,12 +60,15 @@ class TaskSpec:
     metric: str = "accuracy"        # "accuracy" (higher better, recovery), "perplexity", "divergence"
     needs_baseline: bool = False    # only meaningful for a variant (KL)
     seq_len: Callable[[EvalContext], int] | None = None   # window length, when not ctx.ppl_seq_len
+    sampling: str | None = None     # "code" / "reasoning": the task honours ctx.sampling (`sampling`)
 
     def version_for(self, ctx: EvalContext) -> str:
         chat = "chat" if ctx.apply_chat(self.name) else "raw"
         length = self.seq_len(ctx) if self.seq_len else ctx.ppl_seq_len
         extra = f"|len{length}" if self.metric in ("perplexity", "divergence") else ""
-        return f"{self.version}|{chat}{extra}"
+        # sampled runs get their own version (greedy ones keep theirs: the tag is then empty)
+        sampled = ctx.sampling.tag(self.sampling) if ctx.sampling is not None else ""
+        return f"{self.version}|{chat}{extra}{sampled}"
 
 
 def _mc(name: str) -> TaskSpec:
@@ -79,17 +84,25 @@ def _gsm8k() -> TaskSpec:
     from quantstudy.evaluate.tasks import gsm8k
 
     def run(engine, docs, ctx):
-        return gsm8k.score(docs, engine.generate(gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k"))))
-    return TaskSpec("gsm8k", gsm8k.VERSION, lambda ctx: gsm8k.load_docs(ctx.limit), lambda d: str(d["id"]), run)
+        reqs = gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k"))
+        if ctx.sampling is not None and ctx.sampling.draws(REASONING):
+            return run_sampled(engine, docs, [str(d["id"]) for d in docs], reqs, gsm8k.score, ctx.sampling, REASONING)
+        return gsm8k.score(docs, engine.generate(reqs))
+    return TaskSpec("gsm8k", gsm8k.VERSION, lambda ctx: gsm8k.load_docs(ctx.limit), lambda d: str(d["id"]), run,
+                    sampling=REASONING)
 
 
 def _humaneval() -> TaskSpec:
     from quantstudy.evaluate.tasks import humaneval
 
     def run(engine, problems, ctx):
-        return humaneval.score(problems, engine.generate(humaneval.requests(problems)))
+        reqs = humaneval.requests(problems)
+        if ctx.sampling is not None and ctx.sampling.draws(CODE):   # pass@1 from N samples per problem
+            return run_sampled(engine, problems, [p["task_id"] for p in problems], reqs, humaneval.score,
+                               ctx.sampling, CODE)
+        return humaneval.score(problems, engine.generate(reqs))
     return TaskSpec("humaneval", "humaneval-pass@1-greedy-v1", lambda ctx: humaneval.load_problems(ctx.limit),
-                    lambda p: p["task_id"], run)
+                    lambda p: p["task_id"], run, sampling=CODE)
 
 
 def _ifeval() -> TaskSpec:

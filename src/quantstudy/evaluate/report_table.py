@@ -38,6 +38,11 @@ def evaluation_table(report: dict) -> tuple[Table, list[str]]:
     for name, agg in report.get("average", {}).items():
         table.add_row("[bold]average[/]", "", name, _pct(agg["baseline_mean"]), _pct(agg["variant_mean"]),
                       _pct(agg["recovery"]) + _ci(agg["recovery_ci"]), "", agg.get("verdict", ""))
+    sampled = report.get("settings", {}).get("sampling")
+    if sampled:   # the scores above are then not greedy ones: say how they were drawn, first
+        notes.insert(0, f"sampled at temperature {sampled['temperature']:g}, top-p {sampled['top_p']:g}: code tasks "
+                     f"pass@1 from {sampled['samples']} sample(s) per problem; reasoning tasks the mean of "
+                     f"{sampled['seeds']} seeded run(s) (greedy at 1)")
     return table, notes
 
 

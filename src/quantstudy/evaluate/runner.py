@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate import summary
 from quantstudy.evaluate.registry import get_task
+from quantstudy.evaluate.sampling import GREEDY, Sampling
 from quantstudy.evaluate.scoring import make_context, score_tasks
 from quantstudy.evaluate import fidelity
 from quantstudy.evaluate.served_runs import FIDELITY_VERSION, ServedRuns
@@ -55,6 +56,7 @@ class EvalSettings:
     min_recovery: float = 0.99      # the floor those decisions are against
     round_items: int = 100          # items per task per round; `limit` is then the budget per task
     task_limits: dict = field(default_factory=dict)   # task -> its own limit (set by the rounds)
+    sampling: Sampling = GREEDY     # generative tasks: samples / seeds / temperature (`sampling`)
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -219,5 +221,8 @@ def evaluate_models(baseline: str, variants: list[str | Path], settings: EvalSet
     if served is not None:
         report["served"] = served_report
         apply_noise_floor(report)
-    report["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()}
+    report["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()
+                          if k != "sampling"}
+    if settings.sampling != GREEDY:   # only then: a greedy run's report stays what it was
+        report["settings"]["sampling"] = dataclasses.asdict(settings.sampling)
     return report

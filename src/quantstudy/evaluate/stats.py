@@ -7,6 +7,13 @@ correlated, so we resample items jointly (a paired bootstrap) rather than each m
 own; that keeps the shared item difficulty in both numerator and denominator and gives a far
 tighter, honest interval. McNemar's test looks only at the items where the models disagree.
 
+Sampled runs (`sampling`: N samples or K seeds per item, `extra["draws"]`) have a second
+source of noise, the draws themselves; there the bootstrap is two-level -- items, then each
+drawn item's draws -- so the interval covers a rerun with other seeds, not only other items.
+The item level already carries part of that seed noise (an item's mean over K draws varies), so
+resampling both levels counts it a little twice: slightly conservative, the side to err on
+before calling a variant degraded.
+
 Everything is seeded (numpy Generator) so a report can be regenerated bit for bit. The
 resampling itself is `quantstudy.bootstrap`, the one paired bootstrap every stage uses.
 """
@@ -114,13 +121,17 @@ def compare_task(baseline: Sequence[ItemResult], variant: Sequence[ItemResult], 
     task, base, var, base_ok, var_ok = pair_items(baseline, variant)
     _check_settings(n_bootstrap, confidence)
     rng = np.random.default_rng(seed)
-    boot_base, boot_var = _bootstrap_means([(base, var)], n_bootstrap, rng)
+    draws = pair_draws(baseline, variant)
+    boot_base, boot_var = _bootstrap_means([(base, var)], n_bootstrap, rng, [draws], _inner_rng(seed))
     b = int(np.sum(base_ok & ~var_ok))
     c = int(np.sum(~base_ok & var_ok))
     test = mcnemar(b, c)
     est = _estimate(float(base.mean()), float(var.mean()), boot_base, boot_var, confidence)
     notes = list(est.notes)
     notes += _width_notes(est, len(base))
+    if draws is not None:
+        notes.append(f"{draws[0].shape[1]} sampled draws per item: the interval resamples items and each item's "
+                     "draws (two-level bootstrap)")
     if test.p_value < ALPHA and est.verdict == WITHIN_NOISE:
         notes.append(f"McNemar finds the flips unbalanced (p={test.p_value:.3g}, {test.method}) "
                      "although the recovery interval contains 1: borderline, collect more items")
@@ -146,15 +157,16 @@ def compare_aggregate(per_task: Mapping[str, tuple[Sequence[ItemResult], Sequenc
         raise QuantstudyError("no tasks to aggregate")
     _check_settings(n_bootstrap, confidence)
     names = tuple(per_task)
-    comparisons, arrays = [], []
+    comparisons, arrays, draws = [], [], []
     for name in names:
         baseline, variant = per_task[name]
         comparisons.append(compare_task(baseline, variant, n_bootstrap=n_bootstrap, confidence=confidence,
                                         seed=seed))
         _, base, var, _, _ = pair_items(baseline, variant)
         arrays.append((base, var))
+        draws.append(pair_draws(baseline, variant))
     rng = np.random.default_rng(seed)
-    boot_base, boot_var = _bootstrap_means(arrays, n_bootstrap, rng)
+    boot_base, boot_var = _bootstrap_means(arrays, n_bootstrap, rng, draws, _inner_rng(seed))
     base_mean = float(np.mean([b.mean() for b, _ in arrays]))
     var_mean = float(np.mean([v.mean() for _, v in arrays]))
     est = _estimate(base_mean, var_mean, boot_base, boot_var, confidence)
@@ -221,18 +233,25 @@ def _width_notes(est: _Estimate, n: int) -> list[str]:
     return notes
 
 
-def _bootstrap_means(tasks: list[tuple[np.ndarray, np.ndarray]], n_bootstrap: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _bootstrap_means(tasks: list[tuple[np.ndarray, np.ndarray]], n_bootstrap: int, rng: np.random.Generator,
+                     draws: list | None = None, inner_rng: np.random.Generator | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Replicate means of (mean over tasks of) baseline and variant scores.
 
     Each replicate draws n item indices with replacement per task and applies the *same*
-    indices to both models: that is what makes the bootstrap paired.
+    indices to both models: that is what makes the bootstrap paired. A task with per-item
+    draws (`draws[t]`, from `pair_draws`) also resamples each item's draws (`inner_rng`),
+    the same draw indices for both models.
     """
     base_out = np.zeros(n_bootstrap)
     var_out = np.zeros(n_bootstrap)
-    for base, var in tasks:
-        reps = bootstrap.replicates(lambda idx: np.stack([base[idx].mean(axis=1), var[idx].mean(axis=1)], axis=1),
-                                    len(base), n_bootstrap, rng)
+    for t, (base, var) in enumerate(tasks):
+        pair = draws[t] if draws else None
+        if pair is not None:
+            reps = bootstrap.nested_means(pair, n_bootstrap, rng, inner_rng)
+        else:
+            reps = bootstrap.replicates(lambda idx: np.stack([base[idx].mean(axis=1), var[idx].mean(axis=1)],
+                                                             axis=1), len(base), n_bootstrap, rng)
         base_out += reps[:, 0]
         var_out += reps[:, 1]
     return base_out / len(tasks), var_out / len(tasks)
@@ -264,6 +283,26 @@ def pair_items(baseline: Sequence[ItemResult], variant: Sequence[ItemResult]):
     base_ok = np.array([base_by_id[i].correct for i in ids], dtype=bool)
     var_ok = np.array([var_by_id[i].correct for i in ids], dtype=bool)
     return next(iter(tasks)), base, var, base_ok, var_ok
+
+
+def pair_draws(baseline: Sequence[ItemResult], variant: Sequence[ItemResult]):
+    """Each item's per-draw scores (`extra["draws"]`, sampled runs) as (n, k) arrays for
+    baseline and variant, items in `pair_items`' order; None -- the one-level bootstrap -- unless
+    every item on both sides has the same number k > 1 of draws (a greedy run has none)."""
+    base_by_id, var_by_id = _by_id(baseline, "baseline"), _by_id(variant, "variant")
+    ids = sorted(base_by_id)
+    rows = [(base_by_id[i].extra.get("draws"), var_by_id[i].extra.get("draws")) for i in ids if i in var_by_id]
+    if len(rows) != len(ids) or not rows or any(b is None or v is None for b, v in rows):
+        return None
+    k = len(rows[0][0])
+    if k < 2 or any(len(b) != k or len(v) != k for b, v in rows):
+        return None
+    return np.array([b for b, _ in rows], dtype=np.float64), np.array([v for _, v in rows], dtype=np.float64)
+
+
+def _inner_rng(seed: int) -> np.random.Generator:
+    # a stream of its own for the draw level, so the item level draws the indices it always did
+    return np.random.default_rng((seed, 1))
 
 
 def _by_id(results: Sequence[ItemResult], side: str) -> dict[str, ItemResult]:

@@ -19,6 +19,7 @@ from quantstudy.inference.fake_quant import install_fake_quant
 from quantstudy.inference.kv_quant import install_fp8_kv, split_kv_scales
 from quantstudy.models.checkpoint import load_dequantized_weights, read_checkpoint_info
 from quantstudy.models.references import read_config, resolve_model, torch_dtype
+from quantstudy.models.shards import check_weights_match_config
 
 
 def load_model(ref: str | Path, dtype: str = "float32", allow_pickle: bool = False):
@@ -26,13 +27,14 @@ def load_model(ref: str | Path, dtype: str = "float32", allow_pickle: bool = Fal
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model(ref, allow_pickle=allow_pickle)
+    check_weights_match_config(folder)
     use_safetensors = None if allow_pickle else True
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_dtype(dtype), use_safetensors=use_safetensors, trust_remote_code=False
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QuantstudyError(f"could not load model from {folder}: {first}") from None
     model.eval()

@@ -113,3 +113,30 @@ class ShardIndex:
 
 def total_bytes(index: ShardIndex, names: Iterable[str] | None = None) -> int:
     return sum(index.nbytes(n) for n in (index.names() if names is None else names))
+
+
+def check_weights_match_config(folder: str | Path) -> None:
+    """A float model folder's tensors against the shapes its config.json builds (headers only,
+    a model on the meta device): a disagreement is one line naming the tensor, where transformers
+    would raise after logging a report. Quantized checkpoints (other tensor names) are left to
+    their own reader."""
+    import json
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return   # transformers says what is wrong with the config itself
+    if "quantization_config" in raw or not any(folder.glob("*.safetensors")):
+        return
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        return
+    ShardIndex(folder).check_matches(model, bool(getattr(config, "tie_word_embeddings", False)))
+

@@ -87,6 +87,20 @@ class EvaluateConfig:
     # decided against the deployment's recovery floor; `limit` is then the budget per task.
     until_decided: bool = False
     round: int = 100
+    # Sampled generation (`evaluate.sampling`): HumanEval pass@1 from `samples` per problem
+    # ('paper': 50 at temperature 0.2, top_p 0.95), GSM8K over `seeds` runs. Default: greedy.
+    samples: int | str = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    seeds: int = 1
+
+    def __post_init__(self):
+        self.sampling()   # a combination that cannot run (e.g. 5 seeds at temperature 0) fails at parse time
+
+    def sampling(self):
+        from quantstudy.evaluate.sampling import resolve
+
+        return resolve(self.samples, self.temperature, self.top_p, self.seeds)
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,16 @@ class StudyConfig:
     source: str = "defaults"         # the file it came from (for messages)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["evaluate"]:   # greedy (the default) leaves no trace: a default study keeps its key
+            defaults = EvaluateConfig()
+            for k in SAMPLING_FIELDS:
+                if out["evaluate"][k] == getattr(defaults, k):
+                    del out["evaluate"][k]
+        return out
+
+
+SAMPLING_FIELDS = ("samples", "temperature", "top_p", "seeds")
 
 
 TOP_LEVEL = ("model", "variants", "calibration", "evaluate", "compare", "bench", "predict", "deployment",

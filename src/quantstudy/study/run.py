@@ -284,6 +284,7 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
     evaluation = None
     if cfg.evaluate:
         from quantstudy.evaluate.runner import EvalSettings, evaluate_models
+        from quantstudy.evaluate.sampling import Sampling
 
         job = J.evaluate_job(cfg, model_fp, ok, serving)
         s = job.inputs["settings"]
@@ -295,7 +296,8 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
                                              prefix_cache=s["prefix_cache"],
                                              until_decided=s.get("until_decided", False),
                                              min_recovery=s.get("min_recovery", 0.99),
-                                             round_items=s.get("round", 100)),
+                                             round_items=s.get("round", 100),
+                                             sampling=Sampling(**s.get("sampling", {}))),
             store.path, progress=runner.progress, plan=plan))
 
     comparison = None

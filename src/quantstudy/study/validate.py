@@ -217,6 +217,19 @@ class Checker:
 
     def _EvaluateConfig_round(self, v, p):
         return self.int_(v, p, minimum=10)   # items per task per round: fewer decide nothing
+
+    def _EvaluateConfig_samples(self, v, p):
+        return "paper" if isinstance(v, str) and v.strip().lower() == "paper" else self.int_(v, p)
+
+    def _EvaluateConfig_temperature(self, v, p):
+        value = self.num(v, p, positive=False, allow_none=True)
+        return value if value is None or value >= 0 else self.fail(p, f"must be 0 (greedy) or above, got {show(v)}")
+
+    def _EvaluateConfig_top_p(self, v, p):
+        value = self.num(v, p, positive=False, allow_none=True)
+        return value if value is None or 0 < value <= 1 else self.fail(p, f"must be in (0, 1], got {show(v)}")
+
+    _EvaluateConfig_seeds = _EvaluateConfig_batch_size
     _CompareConfig_limit = _EvaluateConfig_limit
     _CompareConfig_max_new_tokens = _EvaluateConfig_batch_size
 
