@@ -20,7 +20,7 @@ def evaluate(
     variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
     tasks: str = typer.Option("mmlu,arc_challenge,hellaswag,winogrande,gsm8k,humaneval,ifeval,ruler,ppl,kl",
                               help="Comma-separated tasks."),
-    limit: Optional[int] = typer.Option(None, help="Items per task (per subject for MMLU); intervals widen "
+    limit: Optional[int] = typer.Option(None, help="Items per task (per subject for MMLU and MATH); intervals widen "
                                         "as it shrinks, and the table says so."),
     chat_template: str = typer.Option("auto", help="auto: chat template for IFEval and RULER only; "
                                       "on: every generative task; off: raw prompts."),
@@ -63,7 +63,8 @@ def evaluate(
     """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
 
     Tasks follow lm-eval's definitions over packaged data: MMLU 5-shot, ARC-Challenge,
-    HellaSwag, Winogrande (log-likelihood), GSM8K 8-shot CoT strict match, HumanEval pass@1
+    HellaSwag, Winogrande (log-likelihood), GSM8K 8-shot CoT strict match, MATH 4-shot
+    (minerva_math; math_hard: Level 5) exact match, HumanEval and MBPP 3-shot pass@1
     (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
     divergence / top-1 agreement against the baseline on held-out WikiText. With --engine
     vllm|auto the served numbers are compared with emulation and the engine's noise floor.

@@ -33,7 +33,7 @@ BASELINE = "baseline"
 # Which evaluate tasks make up a task group for per-group recovery constraints.
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
     "academic": ("mmlu", "mmlu_cot", "mmlu_pro", "arc_challenge", "arc", "hellaswag", "winogrande", "gsm8k",
-                 "truthfulqa", "ifeval", "bbh", "math", "gpqa", "musr"),
+                 "truthfulqa", "ifeval", "bbh", "math", "math_hard", "gpqa", "musr"),
     "code": ("humaneval", "humaneval_plus", "mbpp"),
     "long-context": ("ruler",),
 }

