@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,27 +230,40 @@ def test_uninterrupted_study_writes_report_and_rerun_recomputes_nothing(tiny):
     assert len(runs) == len({e["key"] for e in runs})            # the rerun started no job
 
 
+def _started(out: Path, stage: str, since: float) -> bool:
+    return (out / "jobs.log").exists() and any(
+        e["event"] == "run" and e["job"].startswith(stage) and e["t"] >= since for e in log_events(out))
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_points_loses_and_recomputes_nothing(tiny, tmp_path):
+def test_sigkill_during_each_stage_and_at_random_loses_and_recomputes_nothing(tiny, tmp_path):
+    """kill -9 of the whole group as each stage's first job starts (quantize, evaluate,
+    compare: three kills for sure), then once at a random time; nothing finished is lost or
+    redone, and the finished study equals the uninterrupted one."""
     cfg, reference, _ = tiny
     out = tmp_path / "killed"
     seed = int(os.environ.get("QS_KILL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    kills = 0
-    for _ in range(3):
+    kills = []
+    for stage in ("quantize", "evaluate", "compare", None):
         before = store_snapshot(out)
         with open(tmp_path / "stderr.txt", "a") as err:
+            since = time.time()
             proc = subprocess.Popen([sys.executable, "-m", "quantstudy.cli", "study", str(cfg), "--out", str(out)],
                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-            try:
-                proc.wait(timeout=rng.uniform(4, 30))
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + (rng.uniform(4, 30) if stage is None else 300)
+            while proc.poll() is None and time.monotonic() < deadline and not (stage and _started(out, stage, since)):
+                time.sleep(0.05)
+            if stage:
+                time.sleep(rng.uniform(0, 0.5))   # somewhere inside the job
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills += 1
+                kills.append(stage or "random")
         after = store_snapshot(out)
         lost_or_redone = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
         assert not lost_or_redone, f"seed {seed}: {lost_or_redone}"
+    assert kills[:3] == ["quantize", "evaluate", "compare"], f"seed {seed}: {kills}"
     before = store_snapshot(out)
     final = run_study(cfg, out)
     assert final.returncode == 0, final.stderr[-3000:]
@@ -257,7 +271,6 @@ def test_sigkill_at_random_points_loses_and_recomputes_nothing(tiny, tmp_path):
     assert all(after.get(k) == v for k, v in before.items()), f"seed {seed}"
     done = [e["key"] for e in log_events(out) if e["event"] == "done"]
     assert len(done) == len(set(done)), f"seed {seed}: a finished job ran again"
-    assert kills >= 1, f"seed {seed}: every run finished before its kill"
     assert comparable(out) == comparable(reference), f"seed {seed}"
 
 

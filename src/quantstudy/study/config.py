@@ -269,6 +269,9 @@ def load_config(path: str | Path | None) -> StudyConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise QuantstudyError(f"study config {path} is not UTF-8 text (byte {exc.start}): a YAML file is expected") \
+            from None
     except OSError as exc:
         raise QuantstudyError(f"cannot read study config {path}: {exc.strerror or exc}") from None
     return parse_config(text, path.name)

@@ -31,6 +31,7 @@ from quantstudy.store import ResultStore, content_key, provenance
 from quantstudy.study import jobs as J
 from quantstudy.study.config import StudyConfig
 from quantstudy.study.executors import make_executor
+from quantstudy.study.lock import StudyLock
 
 STORE = "study.sqlite"
 LOG = "jobs.log"
@@ -204,12 +205,21 @@ def run_study(cfg: StudyConfig, out: str | Path, executor: str | None = None, ad
     from rich.console import Console
 
     from quantstudy.models import resolve_model
-    from quantstudy.study.assemble import write_outputs
 
     out = Path(out).resolve()
     console = console or Console(stderr=True)
     base_folder = Path(resolve_model(cfg.model))   # a missing model fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise QuantstudyError(f"cannot use {out} as a study folder: it or a folder above it is a file") from None
+    with StudyLock(out):
+        return _run_locked(cfg, out, base_folder, executor, address, console)
+
+
+def _run_locked(cfg: StudyConfig, out: Path, base_folder: Path, executor, address, console) -> StudyOutcome:
+    from quantstudy.study.assemble import write_outputs
+
     model_config = json.loads((base_folder / "config.json").read_text())
     executor_obj = make_executor(executor or cfg.executor, address)
     try:
