@@ -174,3 +174,26 @@ def test_registry_runs_both_tasks():
         assert [r.task for r in results] == [name] * n and not any(r.correct for r in results)
         assert all(isinstance(r, GenerateRequest) for r in engine.seen) and spec.metric == "accuracy"
     assert {d["level"] for d in get_task("math_hard").load(ctx)} == {"Level 5"}
+
+
+def test_sampled_runs_reach_both_tasks():
+    """MBPP takes --samples (pass@1 from N draws) like HumanEval, MATH --seeds like GSM8K."""
+    from quantstudy.evaluate.registry import EvalContext
+    from quantstudy.evaluate.sampling import Sampling
+
+    ctx = EvalContext(tokenizer=None, limit=1, chat="off", sampling=Sampling(samples=3, temperature=0.2, seeds=2))
+    spec = get_task("mbpp")
+    docs = spec.load(ctx)
+    draws = iter([docs[0]["code"], "pass", docs[0]["code"]])   # 2 of 3 draws pass
+    engine = CannedEngine(lambda r: next(draws))
+    [result] = spec.run(engine, docs, ctx)
+    assert len(engine.seen) == 3 and len({r.seed for r in engine.seen}) == 3
+    assert result.score == pytest.approx(2 / 3) and result.extra["n"] == 3 and result.extra["c"] == 2
+    assert spec.version_for(ctx) != spec.version_for(EvalContext(tokenizer=None, chat="off"))
+    spec = get_task("math")
+    docs = spec.load(ctx)
+    right = {minerva_math.prompt(d): d["solution"] + _final(d["answer"]) for d in docs}
+    answers = iter([True, False] * len(docs))            # per item: seed 0 right, seed 1 wrong
+    engine = CannedEngine(lambda r: right[r.prompt] if next(answers) else "no idea")
+    results = spec.run(engine, docs, ctx)
+    assert len(engine.seen) == 2 * len(docs) and [r.score for r in results] == [0.5] * len(docs)

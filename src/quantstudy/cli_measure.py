@@ -49,14 +49,14 @@ def evaluate(
                                        "test); --limit is then the budget per task (default 1000)."),
     min_recovery: float = typer.Option(0.99, help="With --until-decided: the recovery floor decided against."),
     round_items: int = typer.Option(100, "--round", help="With --until-decided: items per task per round."),
-    samples: str = typer.Option("1", help="Code tasks (HumanEval): samples per problem, scored as unbiased pass@1 "
+    samples: str = typer.Option("1", help="Code tasks (HumanEval, MBPP): samples per problem, scored as unbiased pass@1 "
                                 "(pass@k kept per item); 'paper' = the paper's 50 samples at temperature 0.2, "
                                 "top-p 0.95. Default: one greedy sample."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature for the generative tasks "
                                                 "(default 0: greedy; 0.2 with --samples paper)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling mass (default 1; 0.95 with "
                                           "--samples paper)."),
-    seeds: int = typer.Option(1, help="Reasoning tasks (GSM8K): K sampled runs (seeds 0..K-1, needs --temperature); "
+    seeds: int = typer.Option(1, help="Reasoning tasks (GSM8K, MATH): K sampled runs (seeds 0..K-1, needs --temperature); "
                               "item score = mean over seeds, intervals resample items and seeds."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The report is also written to --out."),
 ) -> None:
@@ -68,8 +68,9 @@ def evaluate(
     (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
     divergence / top-1 agreement against the baseline on held-out WikiText. With --engine
     vllm|auto the served numbers are compared with emulation and the engine's noise floor.
-    Greedy by default; --samples N|paper scores HumanEval as pass@1 from N samples, --seeds K
-    GSM8K as the mean of K sampled runs (with --temperature), intervals over items and draws.
+    Greedy by default; --samples N|paper scores HumanEval and MBPP as pass@1 from N samples,
+    --seeds K GSM8K and MATH as the mean of K sampled runs (with --temperature), intervals over
+    items and draws.
     """
     import json
 

@@ -110,19 +110,29 @@ def _math(level: str | None = None) -> TaskSpec:
 
     name = "math_hard" if level else "math"
 
+    def score(docs, generations):
+        return mm.score(docs, generations, task=name)
+
     def run(engine, docs, ctx):
-        return mm.score(docs, engine.generate(mm.requests(docs, apply_chat=ctx.apply_chat(name))), task=name)
+        reqs = mm.requests(docs, apply_chat=ctx.apply_chat(name))
+        if ctx.sampling is not None and ctx.sampling.draws(REASONING):   # --seeds K, as GSM8K
+            return run_sampled(engine, docs, [d["id"] for d in docs], reqs, score, ctx.sampling, REASONING)
+        return score(docs, engine.generate(reqs))
     # `limit` is per subject, as lm-eval's --limit on each minerva_math subtask
     return TaskSpec(name, mm.VERSION + ("|level5" if level else ""), lambda ctx: mm.load_docs(ctx.limit, level),
-                    lambda d: d["id"], run)
+                    lambda d: d["id"], run, sampling=REASONING)
 
 
 def _mbpp() -> TaskSpec:
     from quantstudy.evaluate.tasks import mbpp
 
     def run(engine, docs, ctx):
-        return mbpp.score(docs, engine.generate(mbpp.requests(docs, apply_chat=ctx.apply_chat("mbpp"))))
-    return TaskSpec("mbpp", mbpp.VERSION, lambda ctx: mbpp.load_problems(ctx.limit), lambda d: d["id"], run)
+        reqs = mbpp.requests(docs, apply_chat=ctx.apply_chat("mbpp"))
+        if ctx.sampling is not None and ctx.sampling.draws(CODE):   # pass@1 from N samples, as HumanEval
+            return run_sampled(engine, docs, [d["id"] for d in docs], reqs, mbpp.score, ctx.sampling, CODE)
+        return mbpp.score(docs, engine.generate(reqs))
+    return TaskSpec("mbpp", mbpp.VERSION, lambda ctx: mbpp.load_problems(ctx.limit), lambda d: d["id"], run,
+                    sampling=CODE)
 
 
 def _ifeval() -> TaskSpec:
