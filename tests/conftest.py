@@ -26,3 +26,18 @@ def real_linears(smollm2):
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
              "model.layers.15.mlp.down_proj", "model.layers.29.mlp.gate_proj", "model.layers.29.self_attn.o_proj"]
     return {n: model.get_submodule(n).weight.detach().clone() for n in names}
+
+
+def random_llama(layers: int = 1, hidden: int = 128, intermediate: int = 256, heads: int = 2, kv_heads: int = 1):
+    """(model, tokenizer): a random-init Llama (seed 0, tied embeddings) with the default model's
+    tokenizer -- the small stand-in for format and input tests, no weights needed."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from quantstudy.models.references import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
+    return LlamaForCausalLM(cfg).eval(), tok

@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import random_llama
 from quantstudy.cli import app
 
 runner = CliRunner()
@@ -24,17 +25,9 @@ ENV = {"COLUMNS": "400"}
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from quantstudy.models.references import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                      architectures=["LlamaForCausalLM"])
+    model, tok = random_llama(layers=2, hidden=64, intermediate=128)
     folder = tmp_path_factory.mktemp("good") / "model"
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import random_llama
 from quantstudy import numerics_fp as fp
 from quantstudy.errors import QuantstudyError
 from quantstudy.models.checkpoint import ct_scheme
@@ -178,22 +179,9 @@ def test_labels_sizes_and_fixed_groups():
     assert len({PRESETS[n] for n in NEW}) == len(NEW)   # hashable, all distinct
 
 
-def _tiny_llama(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from quantstudy.models.references import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                      architectures=["LlamaForCausalLM"])
-    return LlamaForCausalLM(cfg).eval(), tok
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return _tiny_llama(tmp_path_factory.mktemp("tiny"))
+    return random_llama()
 
 
 @pytest.mark.parametrize("name", list(NEW))

@@ -6,6 +6,7 @@ one per fused layer: members with different ones dequantize wrongly)."""
 import pytest
 import torch
 
+from conftest import random_llama
 from quantstudy.models.checkpoint import read_state_dict
 from quantstudy.quantize.calibration import CalibrationSpec, load_calibration
 from quantstudy.quantize.pipeline import quantize_checkpoint
@@ -20,16 +21,7 @@ LINEARS = [n for group in FUSED for n in group] + ["self_attn.o_proj", "mlp.down
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A random-init two-layer Llama saved as safetensors, with the default model's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from quantstudy.models.references import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      architectures=["LlamaForCausalLM"])
-    model = LlamaForCausalLM(cfg).eval()
+    model, tok = random_llama(layers=2, heads=4, kv_heads=2)
     folder = tmp_path_factory.mktemp("src") / "tiny"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
