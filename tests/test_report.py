@@ -96,7 +96,9 @@ def test_notes_are_grouped_by_kind_not_one_line_per_task_and_variant(study):
 
 
 def test_tables_have_one_row_per_task_and_variant(built, study):
-    tasks = list(study["evaluate"]["tasks"]) + ["average"]
+    # the leaderboard aggregates follow the average; the fixture lacks two v1 tasks, and says so
+    tasks = list(study["evaluate"]["tasks"]) + ["average", "Open LLM v1 avg (no hellaswag, winogrande)",
+                                                 "v2 normalised avg"]
     acc_csv = list(csv.DictReader(io.StringIO(built["tables/accuracy.csv"].read_text())))
     assert [r["task"] for r in acc_csv] == tasks
     acc_md = [line for line in built["tables/accuracy.md"].read_text().splitlines() if line.startswith("| ")]

@@ -38,12 +38,28 @@ def evaluation_table(report: dict) -> tuple[Table, list[str]]:
     for name, agg in report.get("average", {}).items():
         table.add_row("[bold]average[/]", "", name, _pct(agg["baseline_mean"]), _pct(agg["variant_mean"]),
                       _pct(agg["recovery"]) + _ci(agg["recovery_ci"]), "", agg.get("verdict", ""))
+    for name, board in report.get("leaderboard", {}).items():   # absent from older reports
+        for label, agg in _board_rows(board):
+            table.add_row(f"[bold]{label}[/]", "", name, _pct(agg["baseline_mean"]), _pct(agg["variant_mean"]),
+                          _pct(agg["recovery"]) + _ci(agg["recovery_ci"]), "", agg.get("verdict", ""))
+            notes.extend(f"{label} / {name}: {n}" for n in agg["notes"] if "near zero" in n)
     sampled = report.get("settings", {}).get("sampling")
     if sampled:   # the scores above are then not greedy ones: say how they were drawn, first
         notes.insert(0, f"sampled at temperature {sampled['temperature']:g}, top-p {sampled['top_p']:g}: code tasks "
                      f"pass@1 from {sampled['samples']} sample(s) per problem; reasoning tasks the mean of "
                      f"{sampled['seeds']} seeded run(s) (greedy at 1)")
     return table, notes
+
+
+def _board_rows(board: dict) -> list[tuple[str, dict]]:
+    """The leaderboard aggregates worth a row: v1 (named with the v1 tasks it lacks) and v2."""
+    rows = []
+    if board.get("v1"):
+        missing = board.get("v1_missing") or []
+        rows.append(("Open LLM v1 avg" + (f" (no {', '.join(missing)})" if missing else ""), board["v1"]))
+    if board.get("v2"):
+        rows.append(("v2 normalised avg", board["v2"]))
+    return rows
 
 
 def _gap(task: dict) -> str:

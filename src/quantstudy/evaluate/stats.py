@@ -146,12 +146,18 @@ def compare_task(baseline: Sequence[ItemResult], variant: Sequence[ItemResult], 
 
 
 def compare_aggregate(per_task: Mapping[str, tuple[Sequence[ItemResult], Sequence[ItemResult]]], *,
-                      n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> AggregateComparison:
+                      n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0,
+                      per_task_detail: bool = True, min_baseline: float = 0.0) -> AggregateComparison:
     """Recovery of the task average: mean(variant task means) / mean(baseline task means).
 
     Each task counts once whatever its size (as in the paper's average row). The bootstrap
     resamples items within each task, jointly for both models, and recomputes the ratio of
     averages, so the interval reflects every task's own sampling noise.
+
+    `per_task_detail=False` skips the per-task comparisons (a second aggregate over tasks
+    already compared one by one need not redo them). A baseline average at or below
+    `min_baseline` gets no ratio, as a zero one never does: leaderboard-normalised scores
+    sit near 0 (or below) for a model at chance, where variant / baseline is noise.
     """
     if not per_task:
         raise QuantstudyError("no tasks to aggregate")
@@ -160,8 +166,9 @@ def compare_aggregate(per_task: Mapping[str, tuple[Sequence[ItemResult], Sequenc
     comparisons, arrays, draws = [], [], []
     for name in names:
         baseline, variant = per_task[name]
-        comparisons.append(compare_task(baseline, variant, n_bootstrap=n_bootstrap, confidence=confidence,
-                                        seed=seed))
+        if per_task_detail:
+            comparisons.append(compare_task(baseline, variant, n_bootstrap=n_bootstrap, confidence=confidence,
+                                            seed=seed))
         _, base, var, _, _ = pair_items(baseline, variant)
         arrays.append((base, var))
         draws.append(pair_draws(baseline, variant))
@@ -169,7 +176,7 @@ def compare_aggregate(per_task: Mapping[str, tuple[Sequence[ItemResult], Sequenc
     boot_base, boot_var = _bootstrap_means(arrays, n_bootstrap, rng, draws, _inner_rng(seed))
     base_mean = float(np.mean([b.mean() for b, _ in arrays]))
     var_mean = float(np.mean([v.mean() for _, v in arrays]))
-    est = _estimate(base_mean, var_mean, boot_base, boot_var, confidence)
+    est = _estimate(base_mean, var_mean, boot_base, boot_var, confidence, min_baseline)
     notes = list(est.notes) + _width_notes(est, min(len(b) for b, _ in arrays))
     return AggregateComparison(
         tasks=names, baseline_mean=est.baseline_mean, variant_mean=est.variant_mean, recovery=est.recovery,
@@ -193,13 +200,16 @@ class _Estimate:
 
 
 def _estimate(base_mean: float, var_mean: float, boot_base: np.ndarray, boot_var: np.ndarray,
-              confidence: float) -> _Estimate:
+              confidence: float, min_baseline: float = 0.0) -> _Estimate:
     """Point estimates, percentile intervals and the verdict from bootstrap replicate means."""
     diff_ci = bootstrap.interval(boot_var - boot_base, confidence)
     notes: list[str] = []
-    if base_mean == 0:
-        # A ratio to zero is meaningless; fall back on the difference so a verdict still exists.
-        notes.append("baseline mean is 0: recovery is undefined; the verdict uses the difference interval")
+    if base_mean <= min_baseline:
+        # A ratio to zero (or near it) is meaningless; fall back on the difference so a verdict still exists.
+        notes.append("baseline mean is 0: recovery is undefined; the verdict uses the difference interval"
+                     if min_baseline == 0 else
+                     f"baseline mean is {100 * base_mean:.1f} (at or below {100 * min_baseline:g}, near zero): "
+                     "recovery is not meaningful; the verdict uses the difference interval")
         return _Estimate(base_mean, var_mean, None, None, var_mean - base_mean, diff_ci,
                          _verdict(diff_ci, 0.0), tuple(notes))
     ok = boot_base > 0

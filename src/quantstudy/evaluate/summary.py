@@ -18,6 +18,7 @@ import numpy as np
 
 from quantstudy import bootstrap
 from quantstudy.evaluate import stats
+from quantstudy.evaluate.leaderboard import Leaderboard, leaderboard
 from quantstudy.evaluate.records import DivergenceSummary, PerplexityComparison
 from quantstudy.evaluate.registry import get_task
 from quantstudy.evaluate.stats import AggregateComparison, TaskComparison
@@ -47,6 +48,7 @@ class EvaluationReport:
     served: dict = field(default_factory=dict)      # served vs emulated, noise floor (served_runs.report)
     not_served: dict = field(default_factory=dict)  # name -> why it was evaluated in process
     adaptive: dict = field(default_factory=dict)    # evaluated until decided: items per decision (`adaptive`)
+    leaderboard: dict[str, Leaderboard] = field(default_factory=dict)   # variant -> v1 average, v2 normalised
 
     def engine_of(self, variant: str) -> str:
         """'vllm' or 'hf': the engine behind a variant's comparison."""
@@ -112,7 +114,8 @@ def compare(results: dict[str, dict[str, list]], variants: list[str], seed: int 
         tasks[task] = TaskEntry(get_task(task).metric, comparisons, n)
     average = {name: stats.compare_aggregate(pairs, seed=seed)
                for name, pairs in accuracy_pairs.items() if len(pairs) >= 1}
-    return to_json(EvaluationReport(tasks, average))
+    boards = {name: leaderboard(pairs, seed=seed) for name, pairs in accuracy_pairs.items() if pairs}
+    return to_json(EvaluationReport(tasks, average, leaderboard=boards))
 
 
 def compare_engines(results: dict[str, dict[str, list]], primary: dict[str, str], seed: int = 0) -> dict:
@@ -141,4 +144,5 @@ def compare_engines(results: dict[str, dict[str, list]], primary: dict[str, str]
                 into["variants"].update(entry["variants"])
                 into["baselines"][engine] = entry["baseline"]
         merged["average"].update(part["average"])
+        merged["leaderboard"].update(part["leaderboard"])
     return merged

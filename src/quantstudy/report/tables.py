@@ -130,19 +130,35 @@ def accuracy_table(results: StudyResults) -> Table:
                         f"{n}_flips_wrong_to_right": getattr(c, "flips_wrong_to_right", None),
                         f"{n}_verdict": getattr(c, "verdict", None)})
         t.add(row, rec)
-    avg = ev.average if ev else {}
-    if avg:
-        first = next(iter(avg.values()))
-        row = ["average", "", pct(first.baseline_mean)]
-        rec = {"task": "average", "metric": "accuracy", "n": None, "baseline": first.baseline_mean}
-        for n in names:
-            a = avg.get(n)
-            row += ["–"] * 4 if a is None else [pct(a.variant_mean), pct_ci(a.recovery, a.recovery_ci), "", a.verdict]
-            ci = (a.recovery_ci if a else None) or [None, None]
-            rec.update({f"{n}_score": a and a.variant_mean, f"{n}_recovery": a and a.recovery,
-                        f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1], f"{n}_verdict": a and a.verdict})
-        t.add(row, rec)
+    _aggregate_row(t, "average", ev.average if ev else {}, names)
+    boards = ev.leaderboard if ev else {}
+    for label, part in ((v1_label(boards), "v1"), ("v2 normalised avg", "v2")):
+        _aggregate_row(t, label, {n: getattr(b, part) for n, b in boards.items()}, names)
     return t
+
+
+def v1_label(boards: dict) -> str:
+    """'Open LLM v1 avg', naming the v1 tasks the evaluation did not run (its tasks are shared)."""
+    missing = next((b.v1_missing for b in boards.values() if b.v1 is not None), ())
+    return "Open LLM v1 avg" + (f" (no {', '.join(missing)})" if missing else "")
+
+
+def _aggregate_row(t: Table, label: str, aggs: dict, names: list[str]) -> None:
+    """An aggregate's row (the average, a leaderboard one) when some variant has it; older
+    records have no leaderboard. v2's baseline and scores are normalised: 0 = random guessing."""
+    aggs = {n: a for n, a in aggs.items() if a is not None}
+    if not aggs:
+        return
+    first = next(iter(aggs.values()))
+    row = [label, "", pct(first.baseline_mean)]
+    rec = {"task": label, "metric": "accuracy", "n": None, "baseline": first.baseline_mean}
+    for n in names:
+        a = aggs.get(n)
+        row += ["–"] * 4 if a is None else [pct(a.variant_mean), pct_ci(a.recovery, a.recovery_ci), "", a.verdict]
+        ci = (a.recovery_ci if a else None) or [None, None]
+        rec.update({f"{n}_score": a and a.variant_mean, f"{n}_recovery": a and a.recovery,
+                    f"{n}_recovery_lo": ci[0], f"{n}_recovery_hi": ci[1], f"{n}_verdict": a and a.verdict})
+    t.add(row, rec)
 
 
 def served_table(results: StudyResults) -> Table:
@@ -207,7 +223,11 @@ def accuracy_notes(results: StudyResults) -> list[str]:
         return []
     notes = [f"{task} / {n}: {note}" for task, e in ev.tasks.items()
              for n, c in e.variants.items() for note in getattr(c, "notes", ())]
-    return notes + [f"average / {n}: {note}" for n, a in ev.average.items() for note in a.notes]
+    notes += [f"average / {n}: {note}" for n, a in ev.average.items() for note in a.notes]
+    # of the leaderboard aggregates only the missing ratio needs saying; their width is the average's
+    return notes + [f"{label} / {n}: {note}" for n, b in ev.leaderboard.items()
+                    for label, a in (("Open LLM v1 avg", b.v1), ("v2 normalised avg", b.v2)) if a is not None
+                    for note in a.notes if "near zero" in note]
 
 
 def similarity_table(results: StudyResults) -> Table:
