@@ -35,7 +35,7 @@ TASK_GROUPS: dict[str, tuple[str, ...]] = {
     "academic": ("mmlu", "mmlu_cot", "mmlu_pro", "arc_challenge", "arc", "hellaswag", "winogrande", "gsm8k",
                  "truthfulqa", "ifeval", "bbh", "math", "math_hard", "gpqa", "musr"),
     "code": ("humaneval", "humaneval_plus", "mbpp"),
-    "long-context": ("ruler",),
+    "long-context": ("ruler", "ruler_mk", "ruler_mv", "ruler_mq", "ruler_vt"),
 }
 
 

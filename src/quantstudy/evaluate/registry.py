@@ -47,7 +47,9 @@ class EvalContext:
 
 # Tasks written as chat requests; GSM8K few-shot and HumanEval completion are raw-prompt
 # formats in lm-eval, multiple choice is scored by likelihood.
-CHAT_BY_DEFAULT = {"ifeval", "ruler"}
+CHAT_BY_DEFAULT = {"ifeval", "ruler", "ruler_mk", "ruler_mv", "ruler_mq", "ruler_vt"}
+# RULER's other synthetic tasks (tasks/ruler_synthetic.py); `ruler` stays the single needle.
+RULER_SYNTHETIC = ("ruler_mk", "ruler_mv", "ruler_mq", "ruler_vt")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,18 @@ def _ruler() -> TaskSpec:
     return TaskSpec("ruler", ruler.VERSION, load, lambda item: item["id"], run)
 
 
+def _ruler_synthetic(name: str) -> TaskSpec:
+    from quantstudy.evaluate.tasks import ruler_synthetic as rs
+
+    def load(ctx):
+        items = rs.build_items(name, ctx.tokenizer, ctx.max_context, seed=ctx.seed)
+        return items[:ctx.limit] if ctx.limit is not None else items
+
+    def run(engine, items, ctx):
+        return rs.score(name, items, engine.generate(rs.requests(name, items, apply_chat=ctx.apply_chat(name))))
+    return TaskSpec(name, rs.FAMILIES[name].version, load, lambda item: item["id"], run)
+
+
 def heldout_window_items(ctx: EvalContext, seq_len: int | None = None, source: str = "wikitext"):
     from quantstudy.data.windows import heldout_windows
 
@@ -221,7 +235,8 @@ _BUILDERS = {"mmlu": lambda: _mc("mmlu"), "arc_challenge": lambda: _mc("arc_chal
              "hellaswag": lambda: _mc("hellaswag"), "winogrande": lambda: _mc("winogrande"),
              "gsm8k": _gsm8k, "humaneval": _humaneval, "ifeval": _ifeval, "ruler": _ruler,
              "math": _math, "math_hard": lambda: _math("Level 5"), "mbpp": _mbpp,
-             "ppl": _ppl, "ppl_long": _ppl_long, "kl": _kl}
+             "ppl": _ppl, "ppl_long": _ppl_long, "kl": _kl,
+             **{name: (lambda name=name: _ruler_synthetic(name)) for name in RULER_SYNTHETIC}}
 TASK_NAMES = tuple(_BUILDERS)
 
 

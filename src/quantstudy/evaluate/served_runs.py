@@ -65,7 +65,7 @@ class ServedRuns:
         context, `ppl_long` scores 2048-token windows (plus the one token a request generates)."""
         from quantstudy.evaluate.registry import LONG_PPL_SEQ_LEN
 
-        if "ruler" in self.settings.tasks:
+        if any(task.startswith("ruler") for task in self.settings.tasks):   # ruler and ruler_mk etc.
             return self.max_context
         if "ppl_long" in self.settings.tasks:
             return min(self.max_context, LONG_PPL_SEQ_LEN + 256)

@@ -31,9 +31,10 @@ KEYS = ("amber-falcon", "quiet-harbor", "silver-meadow", "crimson-lantern", "hid
         "paper-tiger", "velvet-river", "iron-sparrow", "golden-thistle", "broken-compass", "lunar-garden")
 
 
-def grid(max_context: int, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS) -> tuple[list[int], list[float]]:
-    """Lengths that fit the model's context with room for the question and answer."""
-    return [n for n in lengths if n + 64 <= max_context], list(depths)
+def grid(max_context: int, lengths=DEFAULT_LENGTHS, depths=DEFAULT_DEPTHS,
+         margin: int = 64) -> tuple[list[int], list[float]]:
+    """Lengths that fit the model's context with `margin` tokens of room for the question and answer."""
+    return [n for n in lengths if n + margin <= max_context], list(depths)
 
 
 def build_items(tokenizer, max_context: int, per_cell: int = 2, lengths=DEFAULT_LENGTHS,
