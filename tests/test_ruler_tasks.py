@@ -39,10 +39,10 @@ def strip(text, needles):
     return text
 
 
-def test_the_registry_names_them_and_ruler_stays_as_it_was():
+def test_the_registry_names_them_and_ruler_keeps_its_single_needle():
     assert set(RULER_SYNTHETIC) == set(rs.TASK_NAMES) == {"ruler_mk", "ruler_mv", "ruler_mq", "ruler_vt"}
     versions = {get_task(name).version for name in RULER_SYNTHETIC}
-    assert len(versions) == 4 and get_task("ruler").version == ruler.VERSION == "niah_single-v1"
+    assert len(versions) == 4 and get_task("ruler").version == ruler.VERSION == "niah_single-v2"
     assert ruler.grid(2048) == ([512, 1024], list(ruler.DEFAULT_DEPTHS))   # default margin unchanged
 
 
@@ -143,3 +143,14 @@ def test_the_registered_task_runs_through_the_chat_template(tokenizer):
     results = spec.run(engine, items, ctx)
     assert [r.score for r in results] == [1.0] * 3 and all(r.task == "ruler_mv" for r in results)
     assert spec.version_for(ctx) == "niah_multivalue-v1|chat" and "<|im_start|>" in engine.prompts[0]
+
+
+def test_single_needle_items_have_their_stated_length_past_the_packaged_text(tokenizer):
+    """niah_single-v2: the haystack repeats, so a 4096-token item is 4096 tokens (v1's were as
+    long as the packaged text, ~2.9k tokens) and holds its needle once."""
+    from quantstudy.evaluate.tasks import ruler
+
+    items = ruler.build_items(tokenizer, 4096 + 64, per_cell=1, lengths=(4096,), depths=(0.5,))
+    assert len(items) == 1
+    assert abs(n_tokens(tokenizer, items[0]["context"]) - 4096) <= 4
+    assert items[0]["context"].count(items[0]["value"]) == 1

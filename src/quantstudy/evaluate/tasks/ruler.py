@@ -18,7 +18,9 @@ from quantstudy.items import ItemResult
 from quantstudy.inference.requests import GenerateRequest
 
 NAME = "ruler"
-VERSION = "niah_single-v1"
+# v2: the haystack repeats to the stated length (v1's items at 4096/8192 tokens were only as
+# long as the packaged text, ~2.9k SmolLM2 tokens), as RULER repeats its essays
+VERSION = "niah_single-v2"
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # RULER's niah template (synthetic/constants.py) with its answer prefix.
@@ -42,6 +44,8 @@ def build_items(tokenizer, max_context: int, per_cell: int = 2, lengths=DEFAULT_
     """One item per (length, depth, k): its prompt (the haystack measured in tokens) and answer."""
     lengths, depths = grid(max_context, lengths, depths)
     hay = haystack_ids(tokenizer)
+    if lengths and len(hay) < max(lengths) * 2:
+        hay = hay * (1 + 2 * max(lengths) // len(hay))
     rng = random.Random(seed)
     items = []
     for length in lengths:
