@@ -97,7 +97,8 @@ def user_documents(path: str) -> list:
         elif isinstance(row, dict) and isinstance(row.get("text"), str):
             docs.append(row["text"])
         else:
-            raise QuantstudyError(f"{p}:{n}: each line needs a 'text' string or a 'messages' list")
+            raise QuantstudyError(f"{p}:{n}: each line needs a 'text' or a 'messages' field (a string, or a list of "
+                                  "turns)")
     if not docs:
         raise QuantstudyError(f"{p} holds no calibration documents")
     return docs
