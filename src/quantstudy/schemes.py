@@ -176,11 +176,15 @@ class Scheme:
         return f"W{w.num_bits}A{a.num_bits}-{kind}" + kv
 
     @property
+    def static_input_scales(self) -> bool:
+        """NVFP4 W4A4: each linear's activations need a calibrated static input global scale."""
+        return self.activations is not None and self.activations.strategy is Strategy.TENSOR_GROUP
+
+    @property
     def needs_calibration(self) -> bool:
         """Whether the format itself needs calibration data, whatever the algorithm: an FP8
         KV cache (its K/V scales) and NVFP4 W4A4 (each linear's static input global scale)."""
-        a = self.activations
-        return self.kv_cache is not None or (a is not None and a.strategy is Strategy.TENSOR_GROUP)
+        return self.kv_cache is not None or self.static_input_scales
 
     @property
     def granularity(self) -> int | tuple[int, int] | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from quantstudy.errors import QuantstudyError
-from quantstudy.inference.reaper import GroupReaper
+from quantstudy.inference.reaper import GroupReaper, die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
@@ -202,7 +202,7 @@ class VLLMServer:
             try:
                 self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              env=self._environment(), start_new_session=True,
-                                             preexec_fn=_die_with_parent())
+                                             preexec_fn=die_with_parent())
             except OSError as exc:
                 raise QuantstudyError(f"engine failed to start: cannot run {cmd[0]}: {exc.strerror}") from None
         _LIVE.add(self)
@@ -340,29 +340,6 @@ class VLLMServer:
             return httpx.get(f"{self.info.url}/version", timeout=5.0, trust_env=False).json().get("version", "unknown")
         except (httpx.HTTPError, ValueError, AttributeError):
             return "unknown"  # not every OpenAI endpoint has vLLM's /version
-
-
-def _die_with_parent():
-    """A preexec hook: SIGTERM the server when our process dies, however it dies.
-
-    atexit and __exit__ do not run when we are SIGKILLed (or SIGTERMed without a
-    handler, e.g. a CI timeout); the server, in its own session, would outlive us. Linux's
-    PR_SET_PDEATHSIG closes that hole for the server itself, and vLLM's engine core exits
-    when its API server goes. Elsewhere: None (atexit remains the net)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)  # resolved here, not in the forked child
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-        if os.getppid() != parent:  # the parent died before the prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-    return hook
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -43,7 +43,7 @@ from quantstudy.quantize.one_pass import DEFAULT_BUDGET, input_groups, live_byte
 from quantstudy.quantize.recipes import Recipe
 from quantstudy.quantize.rtn import rtn_quantize
 from quantstudy.quantize.smoothquant import smoothing_scales
-from quantstudy.schemes import Scheme, Strategy
+from quantstudy.schemes import Scheme
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -180,6 +180,7 @@ def capture_inputs(model, layers: nn.ModuleList, calib_ids: torch.Tensor, batch_
                 pass
             for index, hidden, kw in sink:
                 if hidden is not None:
+                    _check_finite(hidden, "the embedding")
                     acts.append(hidden)
                 kwargs[index].append(kw)
     finally:
@@ -242,8 +243,6 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
         check_mappings(layers[0], family, f"{prefix}.0")
     hidden = Activations(max_memory, device or "cpu")
     layer_kwargs = capture_inputs(model, layers, calib_ids, batch_size, hidden, device, gemm_dtype)
-    for h in hidden:
-        _check_finite(h, "the embedding")
     if after_capture:
         after_capture()   # what only the capture needed (a streamed model's embedding) can go
     one_pass = one_pass_applies(algorithm, recipe, layers, hidden, max_memory)
@@ -254,7 +253,7 @@ def walk(model: nn.Module, weights: Weights, sink: Sink, scheme: Scheme, recipe:
     kv = scheme.kv_cache
     # NVFP4 W4A4: each linear's static input global scale, from the inputs of the forward
     # that runs the quantized layer; its tensors go to the sink once that forward is over
-    input_scales = scheme.activations is not None and scheme.activations.strategy is Strategy.TENSOR_GROUP
+    input_scales = scheme.static_input_scales
     for index, layer in enumerate(layers):
         layer_prefix = f"{prefix}.{index}"
         # FP8 KV cache: max|K| (after RoPE) and max|V| of the forward that runs the *quantized*

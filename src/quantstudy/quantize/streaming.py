@@ -186,16 +186,15 @@ def quantize_streaming(
         left = [name for name, _ in targets if f"{name}.weight" not in sink.written]
         shared = _shared_global_scales(shards, left, scheme)
         for name in left:
-            if f"{name}.weight" not in sink.written:
-                w = shards.get(f"{name}.weight", dtype=torch.float32)
-                qw = rtn_quantize(w, scheme.weights, store_dtype) if name not in shared else \
-                    fp_rtn(w, scheme.weights, shared[name])
-                reports.append(LayerReport.measure(name, w, qw))
-                bias = f"{name}.bias"
-                output.add_linear(name, qw, bias=shards.get(bias) if bias in shards else None)
-                sink.written.update((f"{name}.weight", bias))
-                if on_layer and not calibrate:
-                    on_layer(name)
+            w = shards.get(f"{name}.weight", dtype=torch.float32)
+            qw = rtn_quantize(w, scheme.weights, store_dtype) if name not in shared else \
+                fp_rtn(w, scheme.weights, shared[name])
+            reports.append(LayerReport.measure(name, w, qw))
+            bias = f"{name}.bias"
+            output.add_linear(name, qw, bias=shards.get(bias) if bias in shards else None)
+            sink.written.update((f"{name}.weight", bias))
+            if on_layer and not calibrate:
+                on_layer(name)
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
         for name in shards.names():
             if name not in sink.written and not (tied and name == "lm_head.weight"):

@@ -63,7 +63,7 @@ def microscaled_params(qw: QuantizedWeight, scheme: Scheme) -> dict[str, torch.T
     out = {"weight_scale": e8m0_value(qw.scale) if qw.scale.dtype == E8M0_DTYPE else qw.scale.float()}
     if qw.global_scale is not None:
         out["weight_global_scale"] = qw.global_scale.float().reshape(1)
-    if scheme.activations is not None and scheme.activations.strategy is Strategy.TENSOR_GROUP:
+    if scheme.static_input_scales:
         if qw.input_global_scale is None:
             raise QuantstudyError(f"{scheme.name}: NVFP4 activations need a calibrated input global scale per "
                                   "linear (quantize.fp4.calibrate_input_global_scales); none was given")
