@@ -10,9 +10,17 @@ VLLM_VERSION := 0.32.0
 # where `nvidia-smi -L` lists a GPU.
 VLLM_CUDA_VERSION := 0.33.0
 
-.PHONY: study test test-fast vllm-env install clean bench-quantize
+.PHONY: study test test-fast vllm-env install clean bench-quantize sandbox-os
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed sandbox-os
+
+# The code sandbox's OS layer (evaluate/sandbox_os.py): bubblewrap's namespaces, from the system's
+# packages where we are root with apt-get; elsewhere the sandbox falls back to weaker layers and says so.
+sandbox-os:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1; }; }; } || \
+	  echo "note: bubblewrap (bwrap) is not installed: the code sandbox runs without its mount and pid namespaces" >&2
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -13,10 +13,12 @@ Layers, outermost first, and what each one guarantees:
   (`memory_mb`), RLIMIT_CPU (timeout + 1 s), RLIMIT_FSIZE (16 MiB per file), RLIMIT_CORE 0,
   RLIMIT_NPROC 0. They are set after exec, not in a `preexec_fn`, because `run_many` forks from
   threads, where `preexec_fn` can deadlock. The kernel exempts root from RLIMIT_NPROC.
-* **OS isolation where the system allows it** (probed once, silently skipped otherwise): run
-  as `nobody` when we are root and `nobody` can run this interpreter (then the OS itself keeps
-  the program out of the user's files and RLIMIT_NPROC holds), and `unshare -rn` (a new user
-  and network namespace: no interface but a downed loopback, so no network at all).
+* **OS isolation where the system allows it** (`sandbox_os`, probed once, silently skipped
+  otherwise): bubblewrap's user, mount, pid and network namespaces -- a read-only root holding
+  only /usr, the interpreter and the work directory, so writes elsewhere fail even as root,
+  the user's files are not there, there is no network and no process outlives the sandbox --
+  else `unshare -rn` (no network only); and, as root, `nobody` where `nobody` can run the
+  interpreter.
 * **Audit hook** (always, `sys.addaudithook`, which the program cannot remove): the first
   forbidden operation prints `quantstudy-sandbox: blocked ...` and ends the process with
   status 86 (`os._exit`, so `except BaseException` cannot swallow it). Forbidden: sockets and
@@ -33,10 +35,11 @@ Layers, outermost first, and what each one guarantees:
 
 Not guaranteed: the hook is an in-process guard, not a security boundary against an author
 who attacks the interpreter itself (a CPython memory-corruption bug, or loading native code
-such as an extension module it wrote) -- then only the OS layers remain, and while we stay
-root they do not protect files (a user namespace mapped to root keeps root's file access). `os.stat`, `os.mknod`/`mkfifo` and reads done
+such as an extension module it wrote) -- then only the OS layers remain: with bubblewrap they
+still keep files and network out of reach; with `unshare -rn` alone, while we stay root, they
+do not protect files (a user namespace mapped to root keeps root's file access). `os.stat`, `os.mknod`/`mkfifo` and reads done
 inside C libraries (OpenSSL, libc) are not audited. The hook allows threads (3.11 has no audit
-event for them); RLIMIT_NPROC 0 refuses them wherever it applies (not root). Without the
+event for them); RLIMIT_NPROC 0 refuses them wherever it applies (not root). Without a
 network namespace, blocking the network rests on the hook alone. Linux only (/proc, waitid).
 """
 
@@ -46,8 +49,6 @@ import functools
 import inspect
 import math
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from quantstudy.errors import QuantstudyError
+from quantstudy.evaluate import sandbox_os
 
 STATUSES = ("passed", "failed", "timeout", "memory", "blocked", "killed")
 BLOCKED_EXIT = 86                     # the hook's exit status; with the marker it means "blocked"
@@ -111,7 +113,8 @@ def _check(timeout_s: float, memory_mb: int) -> None:
 def _run(program: str, timeout_s: float, memory_mb: int, *, guard: bool) -> SandboxResult:
     """The sandbox; `guard=False` leaves out the audit hook so tests can check the OS layers alone."""
     _check(timeout_s, memory_mb)
-    user, unshare = _capabilities(_INTERPRETER)
+    iso = sandbox_os.isolation(_INTERPRETER)
+    interpreter = os.path.realpath(_INTERPRETER)     # a venv's link would not exist inside bubblewrap
     cpu = math.ceil(timeout_s) + 1
     limits = (("RLIMIT_AS", memory_mb << 20, memory_mb << 20), ("RLIMIT_CPU", cpu, cpu + 1),
               ("RLIMIT_FSIZE", _FILE_LIMIT, _FILE_LIMIT), ("RLIMIT_CORE", 0, 0), ("RLIMIT_NPROC", 0, 0))
@@ -120,21 +123,21 @@ def _run(program: str, timeout_s: float, memory_mb: int, *, guard: bool) -> Sand
         path = os.path.join(root, "program.py")
         with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(program)
-        if user:
-            os.chown(root, *user)
+        if iso.user:
+            os.chown(root, *iso.user)
         boot = f"{_guest_source()}\nexec(globals().pop('_guest_setup')({root!r}, {path!r}, {limits!r}, {guard!r}, " \
                f"{BLOCKED_EXIT!r}, {_SYSTEM_READS!r}), globals())\n"
-        cmd = [_INTERPRETER, "-I", "-S", "-B", "-c", boot]
-        if unshare:
-            cmd = [unshare, "-rn", "--", *cmd]
+        cmd = iso.wrap([interpreter, "-I", "-S", "-B", "-c", boot], interpreter, root)
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=root, env=_environment(root), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, **_as_user(user))
+        proc = subprocess.Popen(cmd, cwd=root, env=sandbox_os.environment(root), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                **sandbox_os.popen_user(iso.user))
         timed_out = _wait_and_kill(proc, start + timeout_s)
         seconds = time.monotonic() - start
         err.seek(max(0, err.seek(0, os.SEEK_END) - 4 * _DETAIL_CHARS))
         tail = err.read().decode("utf-8", "replace")[-_DETAIL_CHARS:].strip()
-    return SandboxResult(_status(proc.returncode, timed_out, tail), proc.returncode, tail, seconds)
+    code = iso.returncode(proc.returncode)
+    return SandboxResult(_status(code, timed_out, tail), code, tail, seconds)
 
 
 def _wait_and_kill(proc: subprocess.Popen, deadline: float) -> bool:
@@ -171,43 +174,6 @@ def _status(returncode: int, timed_out: bool, tail: str) -> str:
     if "MemoryError" in tail:
         return "memory"
     return "killed" if returncode < 0 else "failed"
-
-
-def _environment(root: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8"}
-
-
-def _as_user(user: tuple[int, int] | None) -> dict:
-    # Popen's own setuid/setgid (done in C between fork and exec) is thread-safe, unlike preexec_fn.
-    return {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
-
-
-@functools.lru_cache(maxsize=None)
-def _capabilities(interpreter: str) -> tuple[tuple[int, int] | None, str | None]:
-    """(uid, gid) to drop to, or None; the `unshare` binary when namespaces work, or None. Probed once."""
-    user = None
-    if os.geteuid() == 0:
-        try:
-            entry = pwd.getpwnam("nobody")
-            nobody = (entry.pw_uid, entry.pw_gid)
-        except KeyError:
-            nobody = (65534, 65534)
-        # The interpreter may live where nobody cannot reach it (pyenv under /root): then stay root.
-        if _probe([interpreter, "-I", "-S", "-B", "-c", "import math, re, collections"], nobody):
-            user = nobody
-    unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if unshare and not _probe([unshare, "-rn", "--", interpreter, "-I", "-S", "-B", "-c", "pass"], user):
-        unshare = None
-    return user, unshare
-
-
-def _probe(cmd: list[str], user: tuple[int, int] | None) -> bool:
-    try:
-        return subprocess.run(cmd, cwd="/", env=_environment("/"), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
-                              **_as_user(user)).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 @functools.lru_cache(maxsize=None)
