@@ -41,3 +41,18 @@ def random_llama(layers: int = 1, hidden: int = 128, intermediate: int = 256, he
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
     return LlamaForCausalLM(cfg).eval(), tok
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """(config, folder, completed process): the tiny study run once, uninterrupted -- the
+    reference the kill, Ray, failure and report tests compare with (they copy, never modify it)."""
+    from study_runs import TINY, run_study
+
+    root = tmp_path_factory.mktemp("study")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = root / "reference"
+    result = run_study(cfg, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cfg, out, result

@@ -82,7 +82,7 @@ def served_table(report: dict) -> Table:
                         "(KL is a top-k lower bound)")
     for col in ("comparison", "task gaps", "prefill", "decode"):
         table.add_column(col)
-    rows = [(f"noise floor: BF16 served vs in process", served["noise_floor"].get("engine")),
+    rows = [("noise floor: BF16 served vs in process", served["noise_floor"].get("engine")),
             ("noise floor: BF16 served, batched vs one at a time", served["noise_floor"].get("batching"))]
     rows += [(f"{name}: served vs emulated", entry) for name, entry in served["served_vs_emulated"].items()]
     for label, entry in rows:
