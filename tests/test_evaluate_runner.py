@@ -40,7 +40,7 @@ def _count_scoring(monkeypatch) -> list[str]:
 
 
 def test_rerun_reads_every_item_from_the_store(int8_variant, tmp_path, monkeypatch):
-    settings = EvalSettings(tasks=("arc_challenge", "ppl", "kl"), limit=3, ppl_seq_len=128)
+    settings = EvalSettings(tasks=("arc_challenge", "ppl", "kl"), limit=3, ppl_seq_len=128, fewshot="zero")
     store = tmp_path / "store.sqlite"
     first = evaluate_models("smollm2-135m", [int8_variant], settings, store)
     tasks = first["tasks"]
@@ -57,7 +57,7 @@ def test_rerun_reads_every_item_from_the_store(int8_variant, tmp_path, monkeypat
     second = evaluate_models("smollm2-135m", [int8_variant], settings, store)
     assert calls == []
     assert json.dumps(second["tasks"], sort_keys=True) == json.dumps(first["tasks"], sort_keys=True)
-    one_more = EvalSettings(tasks=("arc_challenge",), limit=4, ppl_seq_len=128)   # the hook sees real work
+    one_more = EvalSettings(tasks=("arc_challenge",), limit=4, ppl_seq_len=128, fewshot="zero")   # the hook sees real work
     evaluate_models("smollm2-135m", [int8_variant], one_more, store)
     assert calls == ["arc_challenge", "arc_challenge"]      # one new item, for the baseline and the variant
 
@@ -78,7 +78,7 @@ def test_until_decided_stops_each_task_at_its_decision_and_reruns_from_the_store
     task's own, and a rerun computes nothing."""
     store = tmp_path / "store.sqlite"
     easy = EvalSettings(tasks=("arc_challenge", "winogrande"), limit=60, until_decided=True, min_recovery=0.5,
-                        round_items=20)
+                        round_items=20, fewshot="zero")
     report = evaluate_models("smollm2-135m", [int8_variant], easy, store)
     adaptive = report["adaptive"]
     assert adaptive["floor"] == 0.5 and adaptive["budget"] == 60 and adaptive["round"] == 20
@@ -86,7 +86,8 @@ def test_until_decided_stops_each_task_at_its_decision_and_reruns_from_the_store
         d = entry["variants"]["w8a8-int8"]
         assert d["decision"] == "meets" and d["items"] == entry["limit"] < 60
         assert report["tasks"][task]["n"] == entry["limit"]       # the comparison is on the items it took
-    hard = EvalSettings(tasks=("arc_challenge",), limit=40, until_decided=True, min_recovery=1.0, round_items=20)
+    hard = EvalSettings(tasks=("arc_challenge",), limit=40, until_decided=True, min_recovery=1.0, round_items=20,
+                        fewshot="zero")
     report = evaluate_models("smollm2-135m", [int8_variant], hard, store)
     d = report["adaptive"]["tasks"]["arc_challenge"]["variants"]["w8a8-int8"]
     assert report["adaptive"]["tasks"]["arc_challenge"]["limit"] == 40 and report["tasks"]["arc_challenge"]["n"] == 40

@@ -15,7 +15,7 @@ model: smollm2-135m
 variants:
   - {name: w8a8-fp8, scheme: w8a8-fp8, algorithm: rtn}
   - {name: w4a16-rtn, scheme: w4a16, algorithm: rtn}
-evaluate: {tasks: [arc_challenge, ppl, kl], limit: 4}
+evaluate: {tasks: [arc_challenge, ppl, kl], limit: 4, fewshot: zero}
 compare: {limit: 2, max_new_tokens: 8}
 bench: false
 predict: false

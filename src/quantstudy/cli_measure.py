@@ -58,12 +58,15 @@ def evaluate(
                                           "--samples paper)."),
     seeds: int = typer.Option(1, help="Reasoning tasks (GSM8K, MATH): K sampled runs (seeds 0..K-1, needs --temperature); "
                               "item score = mean over seeds, intervals resample items and seeds."),
+    fewshot: str = typer.Option("paper", help="Multiple-choice shots: 'paper' (the Open LLM Leaderboard v1's, as the "
+                                "paper: ARC-Challenge 25, HellaSwag 10, Winogrande 5, MMLU 5; shots drawn as "
+                                "lm-eval draws them) or 'zero' (every task 0-shot: ~10x cheaper)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The report is also written to --out."),
 ) -> None:
     """Accuracy of the baseline and each variant on the same items, with recovery and paired intervals.
 
-    Tasks follow lm-eval's definitions over packaged data: MMLU 5-shot, ARC-Challenge,
-    HellaSwag, Winogrande (log-likelihood), GSM8K 8-shot CoT strict match, MATH 4-shot
+    Tasks follow lm-eval's definitions over packaged data: MMLU, ARC-Challenge, HellaSwag,
+    Winogrande (log-likelihood; the paper's Leaderboard-v1 shots unless --fewshot zero), GSM8K 8-shot CoT strict match, MATH 4-shot
     (minerva_math; math_hard: Level 5) exact match, HumanEval and MBPP 3-shot pass@1
     (sandboxed), IFEval-style instructions, RULER-style needle retrieval, perplexity and KL
     divergence / top-1 agreement against the baseline on held-out WikiText. With --engine
@@ -83,7 +86,7 @@ def evaluate(
     settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
                             batch_size=batch_size, dtype=dtype, engine=engine, concurrency=concurrency, twin=twin,
                             prefix_cache=prefix_cache, until_decided=until_decided, min_recovery=min_recovery,
-                            round_items=round_items, sampling=sampling)
+                            round_items=round_items, sampling=sampling, fewshot=fewshot)
     plan = _serve_plan(model, variant, engine, url, vllm_python)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not err_console.is_terminal) as progress:

@@ -60,6 +60,10 @@ def write_local_tasks(dest: str | Path, tasks: Sequence[str], mmlu_subjects: Seq
         specs.append((PREFIX + task, task, builtin / yaml_rel, {"validation": _arrow(split_dir)}, splits))
     for lm_name, ours, include, files, splits in specs:
         shots = MC_TASKS[ours.split("/")[0]].default_fewshot if num_fewshot is None else num_fewshot
+        if shots and not ours.startswith("mmlu/"):
+            # No train split here: shots from the scored split, which lm-eval then treats as its
+            # test split so that it leaves each document out of its own shots.
+            splits = {**splits, "validation_split": None, "test_split": "validation", "fewshot_split": "validation"}
         # JSON is valid YAML: no quoting pitfalls with paths or None.
         config = {"include": str(include), "task": lm_name, "tag": "quantstudy_local", "dataset_path": "arrow",
                   "dataset_name": None, "dataset_kwargs": {"data_files": files, "cache_dir": cache}, "num_fewshot": shots, **splits}

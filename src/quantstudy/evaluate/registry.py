@@ -31,6 +31,7 @@ class EvalContext:
     batch_size: int = 8
     task_limits: dict = field(default_factory=dict)   # task -> its own limit (evaluate until decided)
     sampling: Any = None          # `sampling.Sampling` for generative tasks; None: greedy
+    fewshot: str = "paper"        # multiple choice: "paper" (Leaderboard v1's shots) or "zero"
 
     def apply_chat(self, task: str):
         """The chat-template wrapper for a generative task, or None for a raw prompt."""
@@ -63,6 +64,7 @@ class TaskSpec:
     needs_baseline: bool = False    # only meaningful for a variant (KL)
     seq_len: Callable[[EvalContext], int] | None = None   # window length, when not ctx.ppl_seq_len
     sampling: str | None = None     # "code" / "reasoning": the task honours ctx.sampling (`sampling`)
+    shots: Callable[[EvalContext], int] | None = None   # few-shot count: `version` has a {shots} field
 
     def version_for(self, ctx: EvalContext) -> str:
         chat = "chat" if ctx.apply_chat(self.name) else "raw"
@@ -70,16 +72,21 @@ class TaskSpec:
         extra = f"|len{length}" if self.metric in ("perplexity", "divergence") else ""
         # sampled runs get their own version (greedy ones keep theirs: the tag is then empty)
         sampled = ctx.sampling.tag(self.sampling) if ctx.sampling is not None else ""
-        return f"{self.version}|{chat}{extra}{sampled}"
+        version = self.version.format(shots=self.shots(ctx)) if self.shots else self.version
+        return f"{version}|{chat}{extra}{sampled}"
 
 
 def _mc(name: str) -> TaskSpec:
     from quantstudy.evaluate.tasks import multiple_choice as mc
 
     task = mc.MC_TASKS[name]
-    shots = getattr(task, "default_fewshot", 0)
-    return TaskSpec(name, f"{name}-{shots}shot-lmeval0.4.13", lambda ctx: task.load_docs(ctx.limit),
-                    lambda doc: str(doc["id"]), lambda engine, docs, ctx: mc.score_docs(task, docs, engine, None))
+
+    def shots(ctx: EvalContext) -> int:
+        return mc.PAPER_SHOTS[name] if ctx.fewshot == "paper" else 0
+    # (0-shot versions are what they were before shots became a setting: stored items stay valid)
+    return TaskSpec(name, name + "-{shots}shot-lmeval0.4.13", lambda ctx: task.load_docs(ctx.limit),
+                    lambda doc: str(doc["id"]), lambda engine, docs, ctx: mc.score_docs(task, docs, engine, shots(ctx)),
+                    shots=shots)
 
 
 def _gsm8k() -> TaskSpec:

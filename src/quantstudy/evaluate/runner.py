@@ -37,6 +37,7 @@ from quantstudy.inference.served import inprocess_record
 from quantstudy.store import ResultStore
 
 ENGINES = ("hf", "vllm", "auto")
+FEWSHOT = ("paper", "zero")
 
 
 @dataclass
@@ -57,12 +58,15 @@ class EvalSettings:
     round_items: int = 100          # items per task per round; `limit` is then the budget per task
     task_limits: dict = field(default_factory=dict)   # task -> its own limit (set by the rounds)
     sampling: Sampling = GREEDY     # generative tasks: samples / seeds / temperature (`sampling`)
+    fewshot: str = "paper"          # multiple choice: the paper's Leaderboard-v1 shots, or "zero"
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise QuantstudyError(f"--limit must be at least 1, got {self.limit}")
         if self.chat not in ("auto", "on", "off"):
             raise QuantstudyError(f"--chat-template must be auto, on or off, not {self.chat!r}")
+        if self.fewshot not in FEWSHOT:
+            raise QuantstudyError(f"--fewshot must be one of {', '.join(FEWSHOT)}, not {self.fewshot!r}")
         if self.engine not in ENGINES:
             raise QuantstudyError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.concurrency < 1:

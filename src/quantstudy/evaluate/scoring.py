@@ -17,7 +17,8 @@ def make_context(tokenizer, settings, max_context: int, baseline_engine=None) ->
     return EvalContext(tokenizer=tokenizer, baseline_engine=baseline_engine, limit=settings.limit,
                        seed=settings.seed, chat=settings.chat, max_context=max_context,
                        ppl_seq_len=settings.ppl_seq_len, batch_size=min(settings.batch_size, 8),
-                       task_limits=dict(settings.task_limits), sampling=getattr(settings, "sampling", None))
+                       task_limits=dict(settings.task_limits), sampling=getattr(settings, "sampling", None),
+                       fewshot=getattr(settings, "fewshot", "paper"))
 
 
 def score_tasks(store: ResultStore, key: str, engine, ctx: EvalContext, tasks, progress=None,

@@ -204,6 +204,8 @@ def evaluate_job(cfg, model_fp: str, variants: list[tuple[str, str]], serving: d
                 "concurrency": e.concurrency, "twin": e.twin, "prefix_cache": e.prefix_cache}
     if e.until_decided:   # only then in the key: studies without it keep their stored results
         settings.update(until_decided=True, round=e.round, min_recovery=decision_floor(cfg))
+    if e.fewshot != "zero":      # and shots: zero-shot studies (as before the setting) keep theirs
+        settings["fewshot"] = e.fewshot
     if e.sampling().options():   # likewise sampling: greedy studies keep their keys
         settings["sampling"] = e.sampling().options()
     return Job("evaluate", "evaluate", {"stage": "evaluate", "baseline": model_fp, "variants": variants,

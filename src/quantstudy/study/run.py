@@ -307,7 +307,8 @@ def _run(runner: _Runner, cfg: StudyConfig, out: Path, base_folder: Path, model_
                                              until_decided=s.get("until_decided", False),
                                              min_recovery=s.get("min_recovery", 0.99),
                                              round_items=s.get("round", 100),
-                                             sampling=Sampling(**s.get("sampling", {}))),
+                                             sampling=Sampling(**s.get("sampling", {})),
+                                             fewshot=s.get("fewshot", "zero")),
             store.path, progress=runner.progress, plan=plan))
 
     comparison = None

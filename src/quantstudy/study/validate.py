@@ -205,6 +205,9 @@ class Checker:
     def _EvaluateConfig_limit(self, v, p):
         return self.int_(v, p, allow_none=True)
 
+    def _EvaluateConfig_fewshot(self, v, p):
+        return self.str_(v, p, ("paper", "zero"))
+
     def _EvaluateConfig_chat_template(self, v, p):
         return self.str_({True: "on", False: "off"}.get(v, v), p, ("auto", "on", "off"))
 

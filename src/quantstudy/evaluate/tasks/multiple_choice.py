@@ -13,9 +13,11 @@ lack, and what follows:
 * ARC-Challenge has only its `validation` split here (lm-eval scores `test`); we score
   validation. MMLU scores `test` with 5 shots from `dev`, exactly as lm-eval.
 * ARC, HellaSwag and Winogrande ship no `train` split, which lm-eval draws few-shot
-  examples from. They default to 0 shots (lm-eval's default too); asked for more, they take
-  the first N documents of the scored split, skipping the item itself: deterministic and the
-  same for every model, but not lm-eval's shots.
+  examples from. Their shots come from the scored split instead, drawn exactly as lm-eval's
+  default sampler draws them when told `fewshot_split: validation` (seed 1234, the document
+  itself left out; `lmeval_shots`): the parity test builds lm-eval's prompts that way and
+  compares them token for token. The paper's protocol (Open LLM Leaderboard v1) is
+  `PAPER_SHOTS`: ARC-Challenge 25, HellaSwag 10, Winogrande 5, MMLU 5.
 
 `limit` takes the first N documents in file order, as lm-eval's `--limit`; MMLU applies it
 per subject, as lm-eval does to each of its subtasks. A `seed` draws a seeded sample instead.
@@ -55,6 +57,39 @@ def choose(lls: Sequence[float], lengths: Sequence[float]) -> tuple[int, int]:
     return pred, pred_norm
 
 
+# The Open LLM Leaderboard v1's shots, the paper's protocol (MMLU's are lm-eval's own default).
+PAPER_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "winogrande": 5, "mmlu": 5}
+FEWSHOT_SEED = 1234   # lm-eval's `fewshot_random_seed` default
+
+
+@functools.lru_cache(maxsize=32)
+def _lmeval_draws(split: str, n: int, upto: int) -> tuple[tuple[int, ...], ...]:
+    """lm-eval 0.4.13's `ContextSampler.sample(n, eval_doc)` for documents 0..upto in order.
+
+    One `Random(1234)` is seeded once per task and advances from document to document, so the
+    shots of document k depend on k: we replay the draws. `random.sample` picks by position
+    only, so sampling indices draws what sampling the documents does. The document itself
+    (and any row equal to it) is dropped from n + 1 draws; if that leaves fewer than n,
+    lm-eval draws n again from the rest (consuming more of the same generator)."""
+    rows = read_split(split)
+    rnd, draws = random.Random(FEWSHOT_SEED), []
+    for k in range(upto + 1):
+        picks = [j for j in rnd.sample(range(len(rows)), n + 1) if rows[j] != rows[k]][:n]
+        if len(picks) < n:
+            picks = rnd.sample([j for j in range(len(rows)) if rows[j] != rows[k]], n)
+        draws.append(tuple(picks))
+    return tuple(draws)
+
+
+def lmeval_shots(split: str, n: int, index: int) -> tuple[int, ...]:
+    """Indices of the `n` shots lm-eval draws for document `index` of `split`."""
+    rows = read_split(split)
+    if n + 1 > len(rows):
+        raise QuantstudyError(f"{split}: {n} few-shot examples asked, {len(rows) - 1} available")
+    # replay in blocks of 1024 documents (cached), so a study's first 100 items do not replay 10,000
+    return _lmeval_draws(split, n, min(len(rows), (index // 1024 + 1) * 1024) - 1)[index]
+
+
 @dataclass(frozen=True)
 class MultipleChoiceTask:
     """One lm-eval multiple-choice task. A doc is a normalized dict:
@@ -73,11 +108,10 @@ class MultipleChoiceTask:
         return [self.process(i, rows[i]) for i in _select(len(rows), limit, seed)]
 
     def fewshot_docs(self, doc: dict, n: int) -> list[dict]:
+        """lm-eval's default sampler over the scored split (these tasks ship no `train` here):
+        the shots it draws for this document when the split is evaluated in order."""
         rows = read_split(self.split)
-        picks = [i for i in range(min(len(rows), n + 1)) if str(i) != doc["index"]][:n]
-        if len(picks) < n:
-            raise QuantstudyError(f"{self.name}: {n} few-shot examples asked, {len(picks)} available")
-        return [self.process(i, rows[i]) for i in picks]
+        return [self.process(i, rows[i]) for i in lmeval_shots(self.split, n, int(doc["index"]))]
 
     def requests(self, doc: dict, num_fewshot: int | None = None) -> list[LoglikRequest]:
         """One request per option, in option order (lm-eval's `construct_requests`)."""
