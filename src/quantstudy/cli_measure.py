@@ -78,7 +78,7 @@ def evaluate(
     import json
 
     from quantstudy.evaluate.registry import parse_tasks
-    from quantstudy.evaluate.report_table import evaluation_table, served_table
+    from quantstudy.evaluate.report_table import chain_table, evaluation_table, served_table
     from quantstudy.evaluate.runner import EvalSettings, evaluate_models
     from quantstudy.evaluate.sampling import resolve
 
@@ -100,6 +100,9 @@ def evaluate(
     console.print(table)
     if report.get("served"):
         console.print(served_table(report))
+    chains = chain_table(report)
+    if chains is not None:
+        console.print(chains)
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"report: {out}   store: {store}")

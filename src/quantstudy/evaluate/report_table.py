@@ -91,3 +91,18 @@ def served_table(report: dict) -> Table:
         gaps = "; ".join(f"{t} {_gap(g)}" for t, g in entry["tasks"].items()) or "–"
         table.add_row(label, gaps, _fid(entry.get("fidelity"), "prefill"), _fid(entry.get("fidelity"), "decode"))
     return table
+
+
+def chain_table(report: dict) -> Table | None:
+    """Chain-of-thought diagnostics per reasoning task and model (`evaluate.cot`), or None."""
+    rows = [(task, model, d) for task, entry in report["tasks"].items() for model, d in (entry.get("cot") or {}).items()]
+    if not rows:
+        return None
+    table = Table(title="Chain of thought: length, chains cut at the token budget, right answers abandoned mid-chain")
+    for col in ("task", "model", "chains", "tokens", "tokens to answer", "answered %", "hit limit %", "abandoned %"):
+        table.add_column(col, justify="left" if col in ("task", "model") else "right")
+    for task, model, d in rows:
+        answer = "–" if d["mean_answer_tokens"] is None else f"{d['mean_answer_tokens']:.0f}"
+        table.add_row(task, model, str(d["chains"]), f"{d['mean_tokens']:.0f}", answer, f"{100 * d['answered']:.0f}",
+                      f"{100 * d['hit_limit']:.0f}", f"{100 * d['abandoned']:.0f}")
+    return table

@@ -157,6 +157,8 @@ def combine(draws: Sequence[ItemResult], n: int, kind: str) -> list[ItemResult]:
         mean = sum(scores) / n
         extra = {"draws": scores, "seeds": [request_seed(d, first.item_id) for d in range(n)],
                  "predictions": [r.prediction for r in group]}
+        if all("cot" in r.extra for r in group):     # reasoning tasks: every draw's chain diagnostics
+            extra["cot_draws"] = [r.extra["cot"] for r in group]
         if kind == CODE:
             c = sum(bool(r.correct) for r in group)
             extra.update(n=n, c=c, **{"pass@k": {str(k): pass_at_k(n, c, k) for k in PASS_AT_K if k <= n}})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantstudy import bootstrap
-from quantstudy.evaluate import stats
+from quantstudy.evaluate import cot, stats
 from quantstudy.evaluate.leaderboard import Leaderboard, leaderboard
 from quantstudy.evaluate.records import DivergenceSummary, PerplexityComparison
 from quantstudy.evaluate.registry import get_task
@@ -35,6 +35,7 @@ class TaskEntry:
     n: int | None = None
     baseline: float | None = None
     baselines: dict[str, float | None] = field(default_factory=dict)   # per engine where several ran
+    cot: dict[str, dict] = field(default_factory=dict)   # model -> chain-of-thought diagnostics (`cot`)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,10 @@ def compare(results: dict[str, dict[str, list]], variants: list[str], seed: int 
                 accuracy_pairs[name][task] = (base, var)
             else:
                 comparisons[name] = perplexity_comparison(base, var, seed)
-        tasks[task] = TaskEntry(metric, comparisons, len(base), baseline)
+        chains = {name: cot.summarize(items) for name, items in
+                  [("baseline", base), *((n, results[n][task]) for n in variants if task in results[n])]}
+        tasks[task] = TaskEntry(metric, comparisons, len(base), baseline,
+                                cot={k: v for k, v in chains.items() if v is not None})
     for task in {t for r in results.values() for t in r} - set(tasks):   # KL: variants only
         comparisons = {name: divergence_summary(results[name][task], seed) for name in variants
                        if task in results[name]}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["build_report"]
 
-TABLES = ("answer", "accuracy", "served", "similarity", "performance_measured", "performance_predicted", "recommendation")
+TABLES = ("answer", "accuracy", "served", "reasoning", "similarity", "performance_measured", "performance_predicted", "recommendation")
 
 
 def _clean(value):
@@ -35,6 +35,7 @@ def build_report(results, out_dir: str | Path) -> dict[str, Path]:
     from quantstudy.recommend import recommend
     from quantstudy.report import html, plots, tables
     from quantstudy.report.answer import answer_table, grouped_notes
+    from quantstudy.report.reasoning import cot_table
     from quantstudy.results import StudyResults
 
     results = StudyResults.from_json(results)
@@ -48,7 +49,7 @@ def build_report(results, out_dir: str | Path) -> dict[str, Path]:
             rec_error = f"No recommendation: {exc}"
     built = {
         "answer": answer_table(results, rec), "variants": tables.variants_table(results), "accuracy": tables.accuracy_table(results),
-        "served": tables.served_table(results),
+        "served": tables.served_table(results), "reasoning": cot_table(results),
         "similarity": tables.similarity_table(results), "performance_measured": tables.measured_table(results),
         "performance_predicted": tables.predicted_table(results), "recommendation": tables.recommendation_table(rec),
     }

@@ -168,6 +168,7 @@ def render(results: StudyResults, rec: Recommendation | None, rec_error: str | N
     ev = results.evaluate
     accuracy = (table_html(tables["accuracy"]) + figure(figures["recovery"], "recovery per task with 95% intervals")
                 + (table_html(tables["served"]) if tables["served"].rows else "")
+                + (table_html(tables["reasoning"]) if "reasoning" in tables and tables["reasoning"].rows else "")
                 + (("<h3>Engines</h3>" + bullet_list(engine_notes)) if engine_notes else "")
                 + (("<h3>Notes</h3>" + bullet_list(accuracy_notes)) if accuracy_notes else "")) if ev else MISSING
     pre = preflight_notes(results, rec)

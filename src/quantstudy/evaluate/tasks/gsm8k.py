@@ -19,6 +19,7 @@ from quantstudy.inference.requests import GenerateRequest
 
 NAME = "gsm8k"
 VERSION = "gsm8k_cot-v3.0"   # lm-eval's task version
+MAX_NEW_TOKENS = 256
 
 
 @functools.cache
@@ -74,7 +75,7 @@ def extract_answers(generation: str) -> dict[str, str]:
     return out
 
 
-def requests(docs: list[dict], num_fewshot: int = 8, max_new_tokens: int = 256,
+def requests(docs: list[dict], num_fewshot: int = 8, max_new_tokens: int = MAX_NEW_TOKENS,
              apply_chat=None) -> list[GenerateRequest]:
     until = tuple(task_config()["generation_kwargs"]["until"])
     wrap = apply_chat or (lambda text: text)
@@ -91,8 +92,20 @@ def score(docs: list[dict], generations) -> list[ItemResult]:
         results.append(ItemResult(task=NAME, item_id=str(doc["id"]), prediction=answers["strict-match"],
                                   correct=strict, score=float(strict), tokens=gen.num_tokens,
                                   extra={"flexible_correct": flexible, "flexible": answers["flexible-extract"],
-                                         "generation": gen.text}))
+                                         "generation": gen.text, "cot": diagnose(gen.text, gen.num_tokens, gold,
+                                                                                 strict)}))
     return results
+
+
+def diagnose(text: str, num_tokens: int, gold: str, correct: bool) -> dict:
+    """Chain-of-thought diagnostics (`evaluate.cot`): the final answer is strict-match's first
+    "The answer is N." (lm-eval's group_select 0)."""
+    from quantstudy.evaluate import cot
+
+    strict = next(f for f in task_config()["filter_list"] if f["name"] == "strict-match")["filter"][0]
+    found = re.search(strict["regex_pattern"], text)
+    return cot.chain(text, num_tokens, MAX_NEW_TOKENS, found.end() if found else None, correct,
+                     cot.number_seen(gold, _normalise))
 
 
 def evaluate(engine, limit: int | None = None, num_fewshot: int = 8, apply_chat=None) -> list[ItemResult]:

@@ -25,6 +25,7 @@ non-identical pair would silently score 0), so scoring refuses to run off the ma
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Sequence
 
@@ -99,8 +100,23 @@ def score(docs: Sequence[dict], generations: Sequence[str | Generation], task: s
                                   correct=metrics["exact_match"] == 1, score=float(metrics["exact_match"]),
                                   tokens=gen.num_tokens if isinstance(gen, Generation) else 0,
                                   extra={"math_verify": metrics["math_verify"], "gold": doc["answer"],
-                                         "subject": doc["subject"], "level": doc["level"], "generation": text}))
+                                         "subject": doc["subject"], "level": doc["level"], "generation": text,
+                                         "cot": diagnose(text, gen.num_tokens if isinstance(gen, Generation) else 0,
+                                                         doc, metrics["exact_match"] == 1)}))
     return results
+
+
+def diagnose(text: str, num_tokens: int, doc: dict, correct: bool) -> dict:
+    """Chain-of-thought diagnostics (`evaluate.cot`): the final answer is the Minerva statement
+    "Final Answer: The final answer is X. I hope it is correct." lm-eval extracts."""
+    from quantstudy.evaluate import cot
+
+    utils = lm_utils()
+    # as lm-eval's get_unnormalized_answer: the closing phrase appended (the stop string may cut it)
+    found = re.search(r"Final Answer: The final answer is(.*?). I hope it is correct.", text + "I hope it is correct.")
+    gold = cot._safe(utils.normalize_final_answer, doc["answer"])
+    seen = cot.expression_seen(gold, utils.normalize_final_answer) if gold else (lambda t, o: False)
+    return cot.chain(text, num_tokens, MAX_NEW_TOKENS, min(found.end(), len(text)) if found else None, correct, seen)
 
 
 def evaluate(engine, limit: int | None = None, level: str | None = None, apply_chat=None) -> list[ItemResult]:
