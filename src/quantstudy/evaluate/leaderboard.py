@@ -25,7 +25,8 @@ from quantstudy.items import ItemResult
 
 V1_TASKS = ("arc_challenge", "hellaswag", "mmlu", "winogrande", "gsm8k")
 # Random-guess accuracy where an item does not say how many choices it had.
-RANDOM_BASELINE = {"arc_challenge": 0.25, "mmlu": 0.25, "hellaswag": 0.25, "winogrande": 0.5}
+RANDOM_BASELINE = {"arc_challenge": 0.25, "mmlu": 0.25, "hellaswag": 0.25, "winogrande": 0.5,
+                   "mmlu_cot": 0.25}   # a chain that ends on a random letter
 # A normalised baseline average below 2 points of 100 is a model at chance: variant / baseline
 # would divide by sampling noise (and flip sign below chance), so no recovery is printed.
 NEAR_ZERO = 0.02

@@ -132,6 +132,19 @@ def _math(level: str | None = None) -> TaskSpec:
                     lambda d: d["id"], run, sampling=REASONING)
 
 
+def _mmlu_cot() -> TaskSpec:
+    from quantstudy.evaluate.tasks import mmlu_cot
+
+    def run(engine, docs, ctx):
+        reqs = mmlu_cot.requests(docs, apply_chat=ctx.apply_chat("mmlu_cot"))
+        if ctx.sampling is not None and ctx.sampling.draws(REASONING):   # --seeds K, as GSM8K
+            return run_sampled(engine, docs, [d["id"] for d in docs], reqs, mmlu_cot.score, ctx.sampling, REASONING)
+        return mmlu_cot.score(docs, engine.generate(reqs))
+    # `limit` is per subject, as lm-eval's --limit on each subtask
+    return TaskSpec("mmlu_cot", mmlu_cot.VERSION, lambda ctx: mmlu_cot.load_docs(ctx.limit), lambda d: d["id"], run,
+                    sampling=REASONING)
+
+
 def _mbpp() -> TaskSpec:
     from quantstudy.evaluate.tasks import mbpp
 
@@ -241,7 +254,7 @@ def _renamed(result: ItemResult, item_id: str) -> ItemResult:
 _BUILDERS = {"mmlu": lambda: _mc("mmlu"), "arc_challenge": lambda: _mc("arc_challenge"),
              "hellaswag": lambda: _mc("hellaswag"), "winogrande": lambda: _mc("winogrande"),
              "gsm8k": _gsm8k, "humaneval": _humaneval, "ifeval": _ifeval, "ruler": _ruler,
-             "math": _math, "math_hard": lambda: _math("Level 5"), "mbpp": _mbpp,
+             "math": _math, "math_hard": lambda: _math("Level 5"), "mbpp": _mbpp, "mmlu_cot": _mmlu_cot,
              "ppl": _ppl, "ppl_long": _ppl_long, "kl": _kl,
              **{name: (lambda name=name: _ruler_synthetic(name)) for name in RULER_SYNTHETIC}}
 TASK_NAMES = tuple(_BUILDERS)
