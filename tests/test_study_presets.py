@@ -8,7 +8,7 @@ from pathlib import Path
 
 from quantstudy.models import resolve_model
 from quantstudy.study import jobs as J
-from quantstudy.study.config import StudyConfig
+from quantstudy.study.config import StudyConfig, parse_config
 
 # Computed by v0.4.0 (commit cd8210f) for the default study with the same arguments.
 V040_KEYS = {"w8a8-fp8": "615d34ee6239928a231f7b27fd4314c7", "w8a8-int8": "b491ae54a3f000888b6bc2c6bce87b90",
@@ -49,3 +49,26 @@ def test_frontier_preset_adds_the_2026_formats_and_long_context_perplexity():
     assert preset_study("paper").variants == StudyConfig().variants
     with pytest.raises(QuantstudyError, match=r"study.yaml line 2: variants: unknown variant set 'newest'"):
         parse_config("model: m\nvariants: newest\n", "study.yaml")
+
+
+def test_protocol_paper_sets_the_papers_evaluation_unless_the_study_says_otherwise():
+    from quantstudy.errors import QuantstudyError
+    from quantstudy.study.config import PAPER_PROTOCOL
+    from quantstudy.study.jobs import evaluate_job
+
+    paper = parse_config("model: m\nprotocol: paper\n").evaluate
+    assert (paper.fewshot, paper.samples, paper.seeds) == ("paper", "paper", 3)
+    assert paper.tasks == PAPER_PROTOCOL["tasks"]
+    s = paper.sampling()
+    assert (s.samples, s.temperature, s.top_p, s.seeds) == (50, 0.2, 0.95, 3)
+    own = parse_config("model: m\nprotocol: paper\nevaluate: {tasks: [gsm8k], seeds: 5, fewshot: zero}\n").evaluate
+    assert (own.tasks, own.seeds, own.fewshot, own.samples) == (("gsm8k",), 5, "zero", "paper")
+    assert parse_config("model: m\nprotocol: paper\nevaluate: false\n").evaluate is None
+    quick = parse_config("model: m\nprotocol: quick\nevaluate: {fewshot: zero}\n").evaluate
+    assert (quick.fewshot, quick.seeds, quick.samples) == ("zero", 1, 1)
+    with pytest.raises(QuantstudyError, match=r"study.yaml line 2: protocol: unknown value 'fast'"):
+        parse_config("model: m\nprotocol: fast\n")
+    # the protocol is part of what the evaluation job's key hashes
+    cfg_paper, cfg_quick = parse_config("model: m\nprotocol: paper\n"), parse_config(
+        "model: m\nevaluate: {tasks: [arc_challenge, hellaswag, winogrande, mmlu, gsm8k, humaneval, ppl, kl]}\n")
+    assert evaluate_job(cfg_paper, "fp", [], {}).key != evaluate_job(cfg_quick, "fp", [], {}).key

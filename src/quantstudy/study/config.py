@@ -200,7 +200,15 @@ SAMPLING_FIELDS = ("samples", "temperature", "top_p", "seeds")
 
 
 TOP_LEVEL = ("model", "variants", "calibration", "evaluate", "compare", "bench", "predict", "deployment",
-             "executor", "engine")
+             "executor", "engine", "protocol")
+# `protocol: paper`: the paper's evaluation protocol -- Leaderboard-v1 shots, HumanEval pass@1 from
+# 50 samples at temperature 0.2 (top-p 0.95), reasoning tasks over 3 seeds (llm-compressor's
+# maintainers' count in their FP4 threads) at the same temperature, on the paper's academic tasks
+# we can run offline -- unless the study's `evaluate:` section says otherwise field by field.
+# `quick` (the default) leaves `evaluate:` as written.
+PROTOCOLS = ("quick", "paper")
+PAPER_PROTOCOL = {"tasks": ("arc_challenge", "hellaswag", "winogrande", "mmlu", "gsm8k", "humaneval", "ppl", "kl"),
+                  "fewshot": "paper", "samples": "paper", "seeds": 3}
 
 
 def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
@@ -245,10 +253,13 @@ def parse_config(text: str, name: str = "study.yaml") -> StudyConfig:
         out["variants"] = tuple(variants)
     out["calibration"] = check.section(raw.get("calibration"), ("calibration",), CalibrationSpec,
                                        default=StudyConfig().calibration)
+    protocol = check.str_(raw["protocol"], ("protocol",), PROTOCOLS) if "protocol" in raw else "quick"
+    if protocol == "paper":   # the protocol's evaluation, under whatever the study's section sets itself
+        out["evaluate"] = replace(EvaluateConfig(), **PAPER_PROTOCOL)
     for key, cls in (("evaluate", EvaluateConfig), ("compare", CompareConfig), ("bench", BenchConfig),
                      ("predict", PredictConfig), ("deployment", DeploymentConfig)):
         if key in raw:
-            out[key] = check.section(raw[key], (key,), cls, optional=True)
+            out[key] = check.section(raw[key], (key,), cls, optional=True, default=out.get(key))
     if preset == "frontier":
         out["evaluate"] = with_frontier_tasks(out.get("evaluate", EvaluateConfig()), raw.get("evaluate"))
     if "executor" in raw:
