@@ -12,14 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quantstudy.cli_common import JSON_HELP, app, console, err_console, one_line_errors, print_json
 from quantstudy.errors import QuantstudyError
 
+DEFAULT_TASKS = "mmlu,arc_challenge,hellaswag,winogrande,gsm8k,humaneval,ifeval,ruler,ppl,kl"
+
 
 @app.command()
 @one_line_errors
 def evaluate(
     model: str = typer.Option("smollm2-135m", help="Baseline: embedded model name, HF folder or .gguf file."),
     variant: list[Path] = typer.Option([], help="Quantized checkpoint folder (repeat for several)."),
-    tasks: str = typer.Option("mmlu,arc_challenge,hellaswag,winogrande,gsm8k,humaneval,ifeval,ruler,ppl,kl",
-                              help="Comma-separated tasks."),
+    tasks: str = typer.Option(DEFAULT_TASKS, help="Comma-separated tasks (with --task-file and no --tasks: only "
+                              "the files' tasks)."),
     limit: Optional[int] = typer.Option(None, help="Items per task (per subject for MMLU and MATH); intervals widen "
                                         "as it shrinks, and the table says so."),
     chat_template: str = typer.Option("auto", help="auto: chat template for IFEval and RULER only; "
@@ -58,6 +60,10 @@ def evaluate(
                                           "--samples paper)."),
     seeds: int = typer.Option(1, help="Reasoning tasks (GSM8K, MATH): K sampled runs (seeds 0..K-1, needs --temperature); "
                               "item score = mean over seeds, intervals resample items and seeds."),
+    task_file: list[Path] = typer.Option([], "--task-file", help="An lm-eval task YAML of your own, with local "
+                                         "data (dataset_path: json/arrow/parquet, data_files); repeatable. lm-eval "
+                                         "builds its requests and scores them; the engine answers them. For tasks "
+                                         "whose data cannot ship here: TruthfulQA, GPQA, MMLU-Pro, BBH, MuSR."),
     fewshot: str = typer.Option("paper", help="Multiple-choice shots: 'paper' (the Open LLM Leaderboard v1's, as the "
                                 "paper: ARC-Challenge 25, HellaSwag 10, Winogrande 5, MMLU 5; shots drawn as "
                                 "lm-eval draws them) or 'zero' (every task 0-shot: ~10x cheaper)."),
@@ -82,8 +88,12 @@ def evaluate(
     from quantstudy.evaluate.runner import EvalSettings, evaluate_models
     from quantstudy.evaluate.sampling import resolve
 
+    from quantstudy.evaluate.registry import register_task_file
+
     sampling = resolve(samples, temperature, top_p, seeds)   # before any model loads: a bad value is one line
-    settings = EvalSettings(tasks=tuple(parse_tasks(tasks)), limit=limit, chat=chat_template, seed=seed,
+    extra = [register_task_file(str(f)) for f in task_file]
+    named = [] if extra and tasks == DEFAULT_TASKS else parse_tasks(tasks)
+    settings = EvalSettings(tasks=tuple(dict.fromkeys([*named, *extra])), limit=limit, chat=chat_template, seed=seed,
                             batch_size=batch_size, dtype=dtype, engine=engine, concurrency=concurrency, twin=twin,
                             prefix_cache=prefix_cache, until_decided=until_decided, min_recovery=min_recovery,
                             round_items=round_items, sampling=sampling, fewshot=fewshot)

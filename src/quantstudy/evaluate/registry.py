@@ -260,7 +260,29 @@ _BUILDERS = {"mmlu": lambda: _mc("mmlu"), "arc_challenge": lambda: _mc("arc_chal
 TASK_NAMES = tuple(_BUILDERS)
 
 
+_FILE_TASKS: dict[str, TaskSpec] = {}   # tasks registered from users' lm-eval YAMLs (`--task-file`)
+
+
+def register_task_file(path: str) -> str:
+    """Make the lm-eval task in the YAML at `path` known by its `task:` name; returns the name."""
+    import os
+
+    from quantstudy.evaluate.tasks import lmeval_file
+
+    path = os.path.abspath(path)
+    task = lmeval_file.load(path)
+    name = task.config.task
+    if name in _BUILDERS:
+        raise QuantstudyError(f"--task-file {path}: task name {name!r} is one of ours; rename it in the YAML")
+    _FILE_TASKS[name] = TaskSpec(name, lmeval_file.version(path), lambda ctx: lmeval_file.load_docs(path, ctx.limit),
+                                 lambda item: item["id"],
+                                 lambda engine, items, ctx: lmeval_file.run(path, engine, items, ctx.limit))
+    return name
+
+
 def get_task(name: str) -> TaskSpec:
+    if name in _FILE_TASKS:
+        return _FILE_TASKS[name]
     if name not in _BUILDERS:
         raise QuantstudyError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
     return _BUILDERS[name]()
