@@ -126,3 +126,59 @@ def test_the_study_report_has_the_chain_table(tmp_path):
     rows = list(csv.DictReader(built["tables/reasoning.csv"].open()))
     assert [(r["task"], r["model"], float(r["abandoned"])) for r in rows] == \
         [("gsm8k", "baseline", pytest.approx(1 / 12)), ("gsm8k", "w4a16", 0.5)]
+
+
+def test_seed_noise_floor_from_the_baseline_against_itself():
+    """K draws per item: the baseline's seed halves give the floor; a variant's change whose
+    interval reaches it is 'within noise floor', one clearly beyond it keeps its verdict."""
+    import numpy as np
+
+    from quantstudy.evaluate.seed_floor import WITHIN_FLOOR, seed_floor
+    from quantstudy.evaluate.summary import compare
+    from quantstudy.items import ItemResult
+
+    rng = np.random.default_rng(0)
+
+    def sampled(p, n=200, k=4):
+        draws = rng.random((n, k)) < p
+        return [ItemResult("gsm8k", str(i), "", bool(d.mean() >= 0.5), float(d.mean()),
+                           extra={"draws": [float(x) for x in d]}) for i, d in enumerate(draws)]
+    # a coin-flip baseline (every item 50% per draw): seeds move it a lot
+    noisy = sampled(0.5)
+    floor = seed_floor(noisy)
+    assert floor["draws"] == 4 and floor["split"] == [2, 2] and 0.01 < floor["floor"] < 0.2
+    assert floor["difference_ci"][0] <= floor["difference"] <= floor["difference_ci"][1]
+    assert seed_floor([ItemResult("gsm8k", "0", "", True, 1.0)]) is None          # greedy: no floor
+    slightly = sampled(0.47)
+    collapsed = sampled(0.05)
+    report = compare({"baseline": {"gsm8k": noisy}, "small": {"gsm8k": slightly}, "big": {"gsm8k": collapsed}},
+                     ["small", "big"])
+    assert report["seed_floor"]["gsm8k"]["floor"] == pytest.approx(floor["floor"])
+    small, big = report["tasks"]["gsm8k"]["variants"]["small"], report["tasks"]["gsm8k"]["variants"]["big"]
+    assert small["verdict"] in ("within noise", WITHIN_FLOOR)
+    assert big["verdict"] == "degraded" and big["difference_ci"][1] < -floor["floor"]
+    # the same items one draw worse on a fifth of them: the paired interval excludes 0, yet it
+    # lies inside what the baseline's own seeds move -> not called degraded
+    worse = []
+    for i, r in enumerate(noisy):
+        d = list(r.extra["draws"])
+        if i % 5 == 0 and 1.0 in d:
+            d[d.index(1.0)] = 0.0
+        worse.append(ItemResult("gsm8k", r.item_id, "", sum(d) / 4 >= 0.5, sum(d) / 4, extra={"draws": d}))
+    one = compare({"baseline": {"gsm8k": noisy}, "worse": {"gsm8k": worse}}, ["worse"])["tasks"]["gsm8k"]["variants"]
+    c = one["worse"]
+    assert c["difference_ci"][1] < 0 and -floor["floor"] <= c["difference_ci"][1]
+    assert c["verdict"] == WITHIN_FLOOR and any("seed-to-seed noise floor" in n for n in c["notes"])
+
+
+def test_the_study_report_states_the_seed_floor(tmp_path):
+    import copy
+
+    from quantstudy.report import build_report
+    from synthetic_study import make_study
+
+    study = copy.deepcopy(make_study())
+    study["evaluate"]["seed_floor"] = {"gsm8k": {"floor": 0.031, "difference": 0.004, "difference_ci": [-0.02, 0.03],
+                                                 "draws": 3, "split": [2, 1], "items": 250}}
+    page = build_report(study, tmp_path)["report.html"].read_text()
+    assert "seed noise floor" in page and "gsm8k ±3.1 (3 draws)" in page

@@ -133,11 +133,15 @@ def test_duplicate_ids_and_mixed_tasks_are_errors():
         compare_task(results([1], task="x"), results([1], task="y"))
 
 
-def test_zero_baseline_leaves_recovery_undefined():
-    cmp = compare_task(results([0] * 50), results([0] * 45 + [1] * 5))
-    assert cmp.recovery is None and cmp.recovery_ci is None
-    assert cmp.difference == pytest.approx(0.1)
-    assert any("undefined" in note for note in cmp.notes)
+def test_zero_or_near_zero_baseline_leaves_recovery_undefined():
+    """A 135M model on MATH: 1 of 50 right against 2 of 50 is no '200% recovery'."""
+    for base in ([0] * 50, [1] + [0] * 49, [1, 1] + [0] * 48):          # 0%, 2%, 4%: at or below 5%
+        cmp = compare_task(results(base), results([0] * 45 + [1] * 5))
+        assert cmp.recovery is None and cmp.recovery_ci is None
+        assert cmp.difference == pytest.approx(0.1 - sum(base) / 50)
+        assert any("near zero" in note and "not meaningful" in note for note in cmp.notes)
+    above = compare_task(results([1] * 3 + [0] * 47), results([0] * 45 + [1] * 5))   # 6%: a ratio again
+    assert above.recovery == pytest.approx(5 / 3)
 
 
 def test_aggregate_is_ratio_of_averages_with_equal_task_weight():

@@ -113,6 +113,9 @@ def evaluate(
     chains = chain_table(report)
     if chains is not None:
         console.print(chains)
+    for task, floor in (report.get("seed_floor") or {}).items():
+        console.print(f"seed noise floor on {task}: ±{100 * floor['floor']:.1f} points (the baseline against "
+                      f"itself over {floor['draws']} draws)", highlight=False)
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"report: {out}   store: {store}")

@@ -39,6 +39,7 @@ EXACT_MCNEMAR_BELOW = 25
 # An interval wider than this (in recovery units, i.e. 10 points of recovery) cannot tell a
 # lossless quantization from a noticeably lossy one; say so instead of printing a verdict alone.
 WIDE_INTERVAL = 0.10
+NEAR_ZERO = 0.05      # task baseline accuracy at or below this: no recovery ratio (a ratio of near-zeros)
 SMALL_N = 100
 ALPHA = 0.05
 
@@ -126,7 +127,9 @@ def compare_task(baseline: Sequence[ItemResult], variant: Sequence[ItemResult], 
     b = int(np.sum(base_ok & ~var_ok))
     c = int(np.sum(~base_ok & var_ok))
     test = mcnemar(b, c)
-    est = _estimate(float(base.mean()), float(var.mean()), boot_base, boot_var, confidence)
+    # A baseline near zero (a 135M model on MATH or GSM8K) makes variant / baseline a ratio of
+    # two near-zeros: no recovery then, the verdict from the difference (and the report says so).
+    est = _estimate(float(base.mean()), float(var.mean()), boot_base, boot_var, confidence, min_baseline=NEAR_ZERO)
     notes = list(est.notes)
     notes += _width_notes(est, len(base))
     if draws is not None:

@@ -21,6 +21,8 @@ from quantstudy.evaluate import cot, stats
 from quantstudy.evaluate.leaderboard import Leaderboard, leaderboard
 from quantstudy.evaluate.records import DivergenceSummary, PerplexityComparison
 from quantstudy.evaluate.registry import get_task
+from quantstudy.evaluate.seed_floor import apply as apply_seed_floor
+from quantstudy.evaluate.seed_floor import seed_floor
 from quantstudy.evaluate.stats import AggregateComparison, TaskComparison
 from quantstudy.serial import to_json
 
@@ -50,6 +52,7 @@ class EvaluationReport:
     not_served: dict = field(default_factory=dict)  # name -> why it was evaluated in process
     adaptive: dict = field(default_factory=dict)    # evaluated until decided: items per decision (`adaptive`)
     leaderboard: dict[str, Leaderboard] = field(default_factory=dict)   # variant -> v1 average, v2 normalised
+    seed_floor: dict = field(default_factory=dict)   # sampled task -> the baseline against itself (`seed_floor`)
 
     def engine_of(self, variant: str) -> str:
         """'vllm' or 'hf': the engine behind a variant's comparison."""
@@ -119,7 +122,11 @@ def compare(results: dict[str, dict[str, list]], variants: list[str], seed: int 
     average = {name: stats.compare_aggregate(pairs, seed=seed)
                for name, pairs in accuracy_pairs.items() if len(pairs) >= 1}
     boards = {name: leaderboard(pairs, seed=seed) for name, pairs in accuracy_pairs.items() if pairs}
-    return to_json(EvaluationReport(tasks, average, leaderboard=boards))
+    floors = {task: f for task, base in results["baseline"].items()
+              if get_task(task).metric == "accuracy" and (f := seed_floor(base, seed)) is not None}
+    report = to_json(EvaluationReport(tasks, average, leaderboard=boards, seed_floor=floors))
+    apply_seed_floor(report)
+    return report
 
 
 def compare_engines(results: dict[str, dict[str, list]], primary: dict[str, str], seed: int = 0) -> dict:
@@ -147,6 +154,10 @@ def compare_engines(results: dict[str, dict[str, list]], primary: dict[str, str]
             if into is not entry:
                 into["variants"].update(entry["variants"])
                 into["baselines"][engine] = entry["baseline"]
+                for model, chains in entry.get("cot", {}).items():   # the served baseline's chains first
+                    into.setdefault("cot", {}).setdefault(model, chains)
         merged["average"].update(part["average"])
         merged["leaderboard"].update(part["leaderboard"])
+        for task, floor in part.get("seed_floor", {}).items():   # the served baseline's floor first
+            merged.setdefault("seed_floor", {}).setdefault(task, floor)
     return merged

@@ -214,6 +214,11 @@ def engines_notes(results: StudyResults) -> list[str]:
             out.append("noise floor (|accuracy points| BF16 moves between engines and batchings): "
                        + ", ".join(f"{t} ±{100 * v:.1f}" for t, v in floor.items())
                        + "; a served variant's change is called real only when its interval lies beyond it")
+    seeds = getattr(ev, "seed_floor", None) or {}
+    if seeds:
+        out.append("seed noise floor (|accuracy points| the baseline moves between runs with other seeds): "
+                   + ", ".join(f"{t} ±{100 * f['floor']:.1f} ({f['draws']} draws)" for t, f in seeds.items())
+                   + "; a variant's change is called real only when its interval lies beyond it")
     return out
 
 
