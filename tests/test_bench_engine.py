@@ -21,55 +21,12 @@ import pytest
 from quantstudy.inference.vllm_server import API_MODULE, VLLMServer, group_members, last_error_line
 from quantstudy.bench.load import (Profile, Request, make_requests, percentile, poisson_arrivals, run_load,
                                    summarize, use_case_shape, RequestResult)
+from fake_vllm import FAKE_SERVER
 from quantstudy.errors import QuantstudyError
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
-# A stand-in for `python -m vllm.entrypoints.openai.api_server ...`: parses the same
-# flags, forks a child into its process group (as vLLM spawns EngineCore), serves
-# /health, /v1/models and a streaming /v1/completions with fixed delays.
-FAKE_SERVER = r'''
-import json, os, signal, subprocess, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-args = sys.argv[sys.argv.index("-m") + 2:]
-opt = lambda k: args[args.index(k) + 1]
-port, name = int(opt("--port")), opt("--served-model-name")
-FIRST, GAP = float(os.environ.get("FAKE_FIRST", "0.05")), float(os.environ.get("FAKE_GAP", "0.02"))
-if os.environ.get("FAKE_IGNORE_TERM"):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-open(os.environ["FAKE_PIDS"], "w").write(f"{os.getpid()} {child.pid}")
-time.sleep(float(os.environ.get("FAKE_BOOT", "0.3")))
-
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def _json(self, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(200); self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def do_GET(self):
-        if self.path == "/health": self._json({})
-        elif self.path == "/v1/models": self._json({"data": [{"id": name}]})
-        else: self.send_error(404)
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200); self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close"); self.end_headers()
-        def send(obj):
-            self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode()); self.wfile.flush()
-        time.sleep(FIRST)
-        for i in range(req["max_tokens"]):
-            if i: time.sleep(GAP)
-            send({"choices": [{"index": 0, "text": "x"}]})
-        send({"choices": [], "usage": {"prompt_tokens": len(req["prompt"].split()),
-                                       "completion_tokens": req["max_tokens"]}})
-        self.wfile.write(b"data: [DONE]\n\n"); self.wfile.flush()
-        self.close_connection = True
-
-ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-'''
 
 
 def _script(path: Path, text: str) -> Path:

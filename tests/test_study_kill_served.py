@@ -2,9 +2,9 @@
 
 The server runs in a session of its own (so a terminal's Ctrl-C reaches the study first), so
 nothing but the study's own watchdog can end it when the study dies without running any
-cleanup. The engine here is a stand-in for vLLM that behaves like it where it matters: an
-OpenAI-style streaming server that counts prompt tokens with the checkpoint's tokenizer, and
-spawns a child that ignores its parent's death (as vLLM's EngineCore does).
+cleanup. The engine here is the tests' stand-in for vLLM (`fake_vllm`), which behaves like it
+where it matters: an OpenAI-style streaming server counting prompt tokens with the checkpoint's
+tokenizer, with a child that ignores its parent's death (as vLLM's EngineCore does).
 """
 
 import os
@@ -17,48 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from fake_vllm import FAKE_SERVER
 from study_runs import TINY, comparable, log_events, run_study, store_snapshot
 
-FAKE_ENGINE = r'''
-import json, os, subprocess, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from transformers import AutoTokenizer
-args = sys.argv[sys.argv.index("-m") + 2:]
-opt = lambda k: args[args.index(k) + 1]
-port, name = int(opt("--port")), opt("--served-model-name")
-tokenizer = AutoTokenizer.from_pretrained(opt("--model"))
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])   # the EngineCore's part
-with open(os.environ["FAKE_PIDS"], "a") as f:
-    f.write(f"{os.getpid()} {child.pid}\n")
-
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def _json(self, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(200); self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def do_GET(self):
-        if self.path == "/health": self._json({})
-        elif self.path == "/v1/models": self._json({"data": [{"id": name}]})
-        else: self.send_error(404)
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200); self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close"); self.end_headers()
-        def send(obj):
-            self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode()); self.wfile.flush()
-        time.sleep(float(os.environ.get("FAKE_FIRST", "0.05")))
-        for i in range(req["max_tokens"]):
-            time.sleep(0.01)
-            send({"choices": [{"index": 0, "text": " x"}]})
-        send({"choices": [], "usage": {"prompt_tokens": len(tokenizer(req["prompt"])["input_ids"]),
-                                       "completion_tokens": req["max_tokens"]}})
-        self.wfile.write(b"data: [DONE]\n\n"); self.wfile.flush()
-        self.close_connection = True
-
-ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-'''
 
 
 def alive(pid: int) -> bool:
@@ -80,12 +41,13 @@ def test_sigkill_of_the_study_process_alone_during_bench_leaves_no_server(tiny_s
     out = tmp_path / "study"
     shutil.copytree(reference, out)            # quantize, evaluate and compare are done: bench is next
     engine = tmp_path / "engine-python"
-    engine.write_text(f"#!{sys.executable}\n{FAKE_ENGINE}")
+    engine.write_text(f"#!{sys.executable}\n{FAKE_SERVER}")
     engine.chmod(0o755)
     bench_cfg = tmp_path / "bench.yaml"
     bench_cfg.write_text(TINY.replace("bench: false", f"bench: {{scale: 0.125, requests: 2, vllm_python: {engine}}}"))
     pids = tmp_path / "pids"
-    env = {**os.environ, "FAKE_PIDS": str(pids), "FAKE_FIRST": "1.0", "TMPDIR": str(tmp_path)}
+    fake = {"FAKE_PIDS": str(pids), "FAKE_PIDS_APPEND": "1", "FAKE_TOKENIZER": "1", "TMPDIR": str(tmp_path)}
+    env = {**os.environ, **fake, "FAKE_FIRST": "1.0"}
     before = store_snapshot(out)
 
     with open(tmp_path / "stderr.txt", "w") as err:
@@ -114,7 +76,7 @@ def test_sigkill_of_the_study_process_alone_during_bench_leaves_no_server(tiny_s
     after = store_snapshot(out)
     assert all(after.get(k) == v for k, v in before.items()), "a finished job was lost"
 
-    final = run_study(bench_cfg, out, env={"FAKE_PIDS": str(pids), "FAKE_FIRST": "0.05", "TMPDIR": str(tmp_path)})
+    final = run_study(bench_cfg, out, env={**fake, "FAKE_FIRST": "0.05"})
     assert final.returncode == 0, final.stderr[-3000:]
     assert not [p for p in servers(pids) if alive(p)]     # the rerun's servers are stopped too
     results = comparable(out, reference)
