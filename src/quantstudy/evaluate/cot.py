@@ -56,13 +56,13 @@ def expression_seen(gold: str, normalise: Callable[[str], str]) -> Callable[[str
         spans += re.findall(r"\\boxed\{([^{}]*)\}", head)
         for span in spans:
             candidates = [span] + [part.split("=")[-1] for part in [span] if "=" in span]
-            if any(_safe(normalise, c) == gold for c in candidates):
+            if any(safely(normalise, c) == gold for c in candidates):
                 return True
         return False
     return seen
 
 
-def _safe(normalise, text: str) -> str | None:
+def safely(normalise, text: str) -> str | None:
     try:
         return normalise(text)
     except Exception:   # lm-eval's normaliser on arbitrary model text: a failure is "not this answer"

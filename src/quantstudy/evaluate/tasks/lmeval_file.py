@@ -21,6 +21,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import yaml
+
 from quantstudy.errors import QuantstudyError
 from quantstudy.inference.requests import GenerateRequest, LoglikRequest
 from quantstudy.items import ItemResult
@@ -31,13 +33,11 @@ MAX_GEN_TOKS = 256     # lm-eval's default max_gen_toks
 @functools.lru_cache(maxsize=16)
 def load(path: str):
     """lm-eval's Task for the YAML at `path` (which names it with `task:`)."""
-    import yaml
-
     file = Path(path)
     if not file.is_file():
         raise QuantstudyError(f"--task-file {path}: not found")
     try:
-        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_LenientLoader)
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_TaskYamlLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise QuantstudyError(f"--task-file {path}: not a YAML task file ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("task"), str):
@@ -62,15 +62,11 @@ def load(path: str):
     return task
 
 
-class _LenientLoader:
-    """PyYAML's safe loader that reads lm-eval's `!function` tags as plain text (we only need `task:`)."""
+class _TaskYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading lm-eval's `!function` tags as plain text (we only need `task:`)."""
 
-    def __new__(cls, stream):
-        import yaml
 
-        loader = yaml.SafeLoader(stream)
-        loader.add_constructor("!function", lambda load, node: load.construct_scalar(node))
-        return loader
+_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
 
 
 def _only_task(loaded, name: str):

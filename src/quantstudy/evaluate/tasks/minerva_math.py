@@ -114,7 +114,7 @@ def diagnose(text: str, num_tokens: int, doc: dict, correct: bool) -> dict:
     utils = lm_utils()
     # as lm-eval's get_unnormalized_answer: the closing phrase appended (the stop string may cut it)
     found = re.search(r"Final Answer: The final answer is(.*?). I hope it is correct.", text + "I hope it is correct.")
-    gold = cot._safe(utils.normalize_final_answer, doc["answer"])
+    gold = cot.safely(utils.normalize_final_answer, doc["answer"])
     seen = cot.expression_seen(gold, utils.normalize_final_answer) if gold else (lambda t, o: False)
     return cot.chain(text, num_tokens, MAX_NEW_TOKENS, min(found.end(), len(text)) if found else None, correct, seen)
 
