@@ -55,7 +55,7 @@ def expression_seen(gold: str, normalise: Callable[[str], str]) -> Callable[[str
         spans = [m.group(1) for m in MATH_SPAN.finditer(head)]
         spans += re.findall(r"\\boxed\{([^{}]*)\}", head)
         for span in spans:
-            candidates = [span] + [part.split("=")[-1] for part in [span] if "=" in span]
+            candidates = [span, span.split("=")[-1]] if "=" in span else [span]   # "$x = 5$" states 5
             if any(safely(normalise, c) == gold for c in candidates):
                 return True
         return False
