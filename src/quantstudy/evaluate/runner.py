@@ -28,6 +28,7 @@ from quantstudy.errors import QuantstudyError
 from quantstudy.evaluate import summary
 from quantstudy.evaluate.registry import get_task
 from quantstudy.evaluate.sampling import GREEDY, Sampling
+from quantstudy.evaluate.seed_floor import WITHIN_FLOOR, hold_to_floor  # noqa: F401  (WITHIN_FLOOR: the verdict readers import from here)
 from quantstudy.evaluate.scoring import make_context, score_tasks
 from quantstudy.evaluate import fidelity
 from quantstudy.evaluate.served_runs import FIDELITY_VERSION, ServedRuns
@@ -107,9 +108,6 @@ def run_model(store: ResultStore, key: str, model, tokenizer, settings: EvalSett
     return score_tasks(store, key, engine, ctx, settings.tasks, progress), engine
 
 
-WITHIN_FLOOR = "within noise floor"
-
-
 def apply_noise_floor(report: dict) -> None:
     """A served variant's accuracy change is called real only when its whole interval lies
     beyond the engine's noise floor on that task (what BF16 moves between engines and
@@ -119,13 +117,8 @@ def apply_noise_floor(report: dict) -> None:
         if entry["metric"] != "accuracy" or task not in floor:
             continue
         for name, c in entry["variants"].items():
-            if not report["primary"].get(name, "").endswith("@vllm") or c["verdict"] == "within noise":
-                continue
-            lo, hi = c["difference_ci"]
-            if not (hi < -floor[task] or lo > floor[task]):
-                c["notes"] = [*c["notes"], f"the interval [{100 * lo:+.1f}, {100 * hi:+.1f}] points reaches the served "
-                              f"engine's noise floor on {task} (±{100 * floor[task]:.1f} points): not called {c['verdict']}"]
-                c["verdict"] = WITHIN_FLOOR
+            if report["primary"].get(name, "").endswith("@vllm"):
+                hold_to_floor(c, task, floor[task], "the served engine's noise floor")
 
 
 def _reference_sequences(store: ResultStore, key: str, model, tokenizer, settings: EvalSettings):

@@ -38,19 +38,25 @@ def seed_floor(baseline: Sequence, seed: int = 0) -> dict | None:
             "difference_ci": [float(lo), float(hi)], "draws": k, "split": [ka, k - ka], "items": len(diff)}
 
 
+def hold_to_floor(c: dict, task: str, floor: float, whose: str, detail: str = "") -> None:
+    """One comparison (JSON) against a noise floor: a degraded or improved verdict whose difference
+    interval reaches +-floor becomes 'within noise floor', with a note naming `whose` floor. Shared
+    by the seed floor here and the served engine's floor (`runner.apply_noise_floor`)."""
+    if c["verdict"] in ("within noise", WITHIN_FLOOR):
+        return
+    lo, hi = c["difference_ci"]
+    if not (hi < -floor or lo > floor):
+        c["notes"] = [*c["notes"], f"the interval [{100 * lo:+.1f}, {100 * hi:+.1f}] points reaches {whose} on "
+                      f"{task} (±{100 * floor:.1f} points{detail}): not called {c['verdict']}"]
+        c["verdict"] = WITHIN_FLOOR
+
+
 def apply(report: dict) -> None:
     """Verdicts against the seed floor: a change whose interval reaches it is 'within noise floor'."""
     for task, floor in (report.get("seed_floor") or {}).items():
         entry = report["tasks"].get(task)
         if entry is None or entry["metric"] != "accuracy":
             continue
-        f = floor["floor"]
         for c in entry["variants"].values():
-            if c["verdict"] in ("within noise", WITHIN_FLOOR):
-                continue
-            lo, hi = c["difference_ci"]
-            if not (hi < -f or lo > f):
-                c["notes"] = [*c["notes"], f"the interval [{100 * lo:+.1f}, {100 * hi:+.1f}] points reaches the "
-                              f"baseline's own seed-to-seed noise floor on {task} (±{100 * f:.1f} points, "
-                              f"{floor['draws']} draws): not called {c['verdict']}"]
-                c["verdict"] = WITHIN_FLOOR
+            hold_to_floor(c, task, floor["floor"], "the baseline's own seed-to-seed noise floor",
+                          f", {floor['draws']} draws")
