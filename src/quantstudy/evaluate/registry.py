@@ -89,14 +89,21 @@ def _mc(name: str) -> TaskSpec:
                     shots=shots)
 
 
+def _generation(make_requests, score, item_id, kind: str):
+    """A generative task's `run`: greedy, or every draw of `kind` (`sampling`) scored and combined."""
+    def run(engine, docs, ctx):
+        reqs = make_requests(docs, ctx)
+        if ctx.sampling is not None and ctx.sampling.draws(kind):
+            return run_sampled(engine, docs, [item_id(d) for d in docs], reqs, score, ctx.sampling, kind)
+        return score(docs, engine.generate(reqs))
+    return run
+
+
 def _gsm8k() -> TaskSpec:
     from quantstudy.evaluate.tasks import gsm8k
 
-    def run(engine, docs, ctx):
-        reqs = gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k"))
-        if ctx.sampling is not None and ctx.sampling.draws(REASONING):
-            return run_sampled(engine, docs, [str(d["id"]) for d in docs], reqs, gsm8k.score, ctx.sampling, REASONING)
-        return gsm8k.score(docs, engine.generate(reqs))
+    run = _generation(lambda docs, ctx: gsm8k.requests(docs, apply_chat=ctx.apply_chat("gsm8k")), gsm8k.score,
+                      lambda d: str(d["id"]), REASONING)
     return TaskSpec("gsm8k", gsm8k.VERSION, lambda ctx: gsm8k.load_docs(ctx.limit), lambda d: str(d["id"]), run,
                     sampling=REASONING)
 
@@ -104,12 +111,9 @@ def _gsm8k() -> TaskSpec:
 def _humaneval() -> TaskSpec:
     from quantstudy.evaluate.tasks import humaneval
 
-    def run(engine, problems, ctx):
-        reqs = humaneval.requests(problems)
-        if ctx.sampling is not None and ctx.sampling.draws(CODE):   # pass@1 from N samples per problem
-            return run_sampled(engine, problems, [p["task_id"] for p in problems], reqs, humaneval.score,
-                               ctx.sampling, CODE)
-        return humaneval.score(problems, engine.generate(reqs))
+    # pass@1 from N samples per problem where sampled
+    run = _generation(lambda problems, ctx: humaneval.requests(problems), humaneval.score, lambda p: p["task_id"],
+                      CODE)
     return TaskSpec("humaneval", "humaneval-pass@1-greedy-v1", lambda ctx: humaneval.load_problems(ctx.limit),
                     lambda p: p["task_id"], run, sampling=CODE)
 
@@ -122,11 +126,9 @@ def _math(level: str | None = None) -> TaskSpec:
     def score(docs, generations):
         return mm.score(docs, generations, task=name)
 
-    def run(engine, docs, ctx):
-        reqs = mm.requests(docs, apply_chat=ctx.apply_chat(name))
-        if ctx.sampling is not None and ctx.sampling.draws(REASONING):   # --seeds K, as GSM8K
-            return run_sampled(engine, docs, [d["id"] for d in docs], reqs, score, ctx.sampling, REASONING)
-        return score(docs, engine.generate(reqs))
+    # --seeds K, as GSM8K
+    run = _generation(lambda docs, ctx: mm.requests(docs, apply_chat=ctx.apply_chat(name)), score,
+                      lambda d: d["id"], REASONING)
     # `limit` is per subject, as lm-eval's --limit on each minerva_math subtask
     return TaskSpec(name, mm.VERSION + ("|level5" if level else ""), lambda ctx: mm.load_docs(ctx.limit, level),
                     lambda d: d["id"], run, sampling=REASONING)
@@ -135,11 +137,8 @@ def _math(level: str | None = None) -> TaskSpec:
 def _mmlu_cot() -> TaskSpec:
     from quantstudy.evaluate.tasks import mmlu_cot
 
-    def run(engine, docs, ctx):
-        reqs = mmlu_cot.requests(docs, apply_chat=ctx.apply_chat("mmlu_cot"))
-        if ctx.sampling is not None and ctx.sampling.draws(REASONING):   # --seeds K, as GSM8K
-            return run_sampled(engine, docs, [d["id"] for d in docs], reqs, mmlu_cot.score, ctx.sampling, REASONING)
-        return mmlu_cot.score(docs, engine.generate(reqs))
+    run = _generation(lambda docs, ctx: mmlu_cot.requests(docs, apply_chat=ctx.apply_chat("mmlu_cot")),
+                      mmlu_cot.score, lambda d: d["id"], REASONING)
     # `limit` is per subject, as lm-eval's --limit on each subtask
     return TaskSpec("mmlu_cot", mmlu_cot.VERSION, lambda ctx: mmlu_cot.load_docs(ctx.limit), lambda d: d["id"], run,
                     sampling=REASONING)
@@ -148,11 +147,9 @@ def _mmlu_cot() -> TaskSpec:
 def _mbpp() -> TaskSpec:
     from quantstudy.evaluate.tasks import mbpp
 
-    def run(engine, docs, ctx):
-        reqs = mbpp.requests(docs, apply_chat=ctx.apply_chat("mbpp"))
-        if ctx.sampling is not None and ctx.sampling.draws(CODE):   # pass@1 from N samples, as HumanEval
-            return run_sampled(engine, docs, [d["id"] for d in docs], reqs, mbpp.score, ctx.sampling, CODE)
-        return mbpp.score(docs, engine.generate(reqs))
+    # pass@1 from N samples, as HumanEval
+    run = _generation(lambda docs, ctx: mbpp.requests(docs, apply_chat=ctx.apply_chat("mbpp")), mbpp.score,
+                      lambda d: d["id"], CODE)
     return TaskSpec("mbpp", mbpp.VERSION, lambda ctx: mbpp.load_problems(ctx.limit), lambda d: d["id"], run,
                     sampling=CODE)
 
