@@ -59,6 +59,7 @@ test-fast: install
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .venv-llmc runs
 
-# quantstudy vs llm-compressor (creates .venv-llmc on first use); prints time, RSS and perplexity ratios
+# quantstudy vs llm-compressor (creates .venv-llmc on first use); prints time, RSS and perplexity ratios.
+# Our calibration GEMMs run in bf16 (float32 weights and Hessians) where the CPU has AMX or AVX512-BF16.
 bench-quantize: install
 	$(BIN)/python benchmarks/quantize_vs_llmcompressor.py

@@ -2,7 +2,10 @@
 
 Prints per recipe: wall time ratio (quantstudy / llm-compressor), peak RSS ratio, and
 perplexity of both checkpoints (and the float model) on the same held-out text.
-Targets: time <= 0.5x, RSS <= 0.7x, perplexity <= llm-compressor's + 1%.
+Targets: time <= 0.5x, RSS <= 0.7x, perplexity no worse than llm-compressor's.
+Our calibration GEMMs run in bf16 where the CPU multiplies bf16 in hardware (weights stay
+float32, Hessians float32-accurate: `--forward-dtype bfloat16`), float32 elsewhere; the peer
+computes in float32 throughout (the model's dtype on disk).
 
 Both sides run in fresh processes (imports, model load, calibration, save all count).
 llm-compressor lives in its own virtual environment (.venv-llmc, created on first use):
@@ -65,6 +68,16 @@ def run_ours(model_dir: str, recipe: str, samples: int, seq_len: int, group: int
             "max_rss_mb": peak_rss_mb()}
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16): only there are
+    bf16 GEMMs faster than float32 ones."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
 def _child(cmd: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
@@ -80,10 +93,12 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--eval-windows", type=int, default=40)
-    parser.add_argument("--forward-dtype", default="auto", help="quantstudy's calibration GEMM dtype (auto = float32 on a "
-                        "CPU | float32 | bfloat16); llm-compressor runs the model in float32, its dtype on disk")
+    parser.add_argument("--forward-dtype", default=None, help="quantstudy's calibration GEMM dtype: float32 | bfloat16 "
+                        "(default: bfloat16 where the CPU has AMX or AVX512-BF16, else float32); llm-compressor runs the "
+                        "model in float32, its dtype on disk, and has no mode with bf16 GEMMs over float32 weights")
     parser.add_argument("--child", nargs=4, metavar=("MODEL_DIR", "RECIPE", "OUT", "_"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.forward_dtype = args.forward_dtype or ("bfloat16" if native_bf16() else "float32")
     if args.child:
         model_dir, recipe, out, _ = args.child
         print(json.dumps(run_ours(model_dir, recipe, args.samples, args.seq_len, args.group_size, out,
@@ -124,6 +139,8 @@ def main() -> None:
 
     print(f"\nmodel {args.model}; calibration instruct-mix {args.samples} x {args.seq_len} tokens (identical ids); "
           f"perplexity on {args.eval_windows} x 512 held-out tokens (wikitext + lambada); float model {base_ppl:.3f}")
+    print(f"quantstudy's calibration GEMMs: {args.forward_dtype} (weights float32, Hessians float32-accurate); "
+          "llm-compressor's: float32")
     print(f"{'recipe':<14} {'time s ours/peer':>18} {'ratio':>6} {'RSS MiB ours/peer':>19} {'ratio':>6} "
           f"{'ppl ours/peer':>16} {'ppl ratio':>9}")
     for recipe, ours, peer, p_ours, p_peer in rows:

@@ -31,7 +31,7 @@ from torch import nn
 
 from quantstudy.errors import QuantstudyError
 from quantstudy.numerics import QuantizedWeight
-from quantstudy.quantize.gptq import gram
+from quantstudy.quantize.gptq import bf16_gram_is_exact, gram, gram_of_bf16
 from quantstudy.quantize.layerwise import LayerWork, fold_mapping, forward_precision
 from quantstudy.quantize.smoothquant import smoothing_scales
 
@@ -151,6 +151,7 @@ def run_layer(work: LayerWork, batches: Sequence[tuple[torch.Tensor, dict]], gro
     runs = [_Batch(i) for i in range(len(batches))]
     baton, local = _Baton(), threading.local()
     device = batches[0][0].device
+    bf16_gram = work.gemm_dtype == torch.bfloat16 and bf16_gram_is_exact(device)
 
     def hook(_module, args, name):
         run: _Batch = local.run
@@ -163,12 +164,14 @@ def run_layer(work: LayerWork, batches: Sequence[tuple[torch.Tensor, dict]], gro
             run.inputs = {gi: x}                   # the earlier groups' inputs may go
             with torch.autocast(device.type, enabled=False):
                 g = state[gi]
-                flat = x.reshape(-1, x.shape[-1]).float()
-                product = gram(flat).double()
-                g.xtx = product if g.xtx is None else g.xtx.add_(product)
+                flat = x.reshape(-1, x.shape[-1])
+                # under bf16 autocast the linears read bf16(x): its Gram, float32-accurate, from
+                # two bf16 GEMMs; otherwise the float32 Gram of x
+                product = gram_of_bf16(flat.to(torch.bfloat16)) if bf16_gram else gram(flat.float())
+                g.xtx = product.double() if g.xtx is None else g.xtx.add_(product)
                 g.tokens += flat.shape[0]
                 if smoothquant is not None:
-                    m = flat.abs().amax(dim=0)
+                    m = flat.float().abs().amax(dim=0)
                     g.absmax = m if g.absmax is None else torch.maximum(g.absmax, m)
             run.stopped_at = gi
             baton.pass_to("main")

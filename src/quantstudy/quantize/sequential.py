@@ -217,7 +217,9 @@ def _attention_of(layer: nn.Module, prefix: str) -> tuple[str, nn.Module]:
 def _check_finite(t: torch.Tensor, where: str) -> None:
     """Calibration activations must be finite: a NaN or Inf here would surface later as a
     Hessian that is "not positive definite", a symptom that hides the cause."""
-    if not bool(torch.isfinite(t).all()):
+    # one reduction first (a NaN or Inf anywhere makes the float32 sum non-finite); the
+    # element-wise test only where it is, to tell a float32 overflow of the sum from the real thing
+    if not bool(torch.isfinite(t.sum(dtype=torch.float32))) and not bool(torch.isfinite(t).all()):
         raise QuantstudyError(f"the calibration activations out of {where} hold NaN or infinite values: the model "
                               "overflows on this calibration text in its forward dtype (try --forward-dtype float32, "
                               "or other calibration data)")
