@@ -124,6 +124,8 @@ def test_gptq_hessians_are_the_inputs_own_xtx():
 
     from quantstudy.quantize import sequential
 
+    from hessian_spy import recorded_hessians
+
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
@@ -140,23 +142,11 @@ def test_gptq_hessians_are_the_inputs_own_xtx():
             model(calib[i:i + 2])
     for h in hooks:
         h.remove()
-    seen = {}
-    from quantstudy.quantize.algorithms import gptq as gptq_handler
-
-    real = gptq_handler.gptq_quantize
-
-    def spy(w, h, *args, layer: str = "", **kwargs):
-        seen[layer.rsplit(".", 1)[-1]] = h.clone()
-        return real(w, h, *args, layer=layer, **kwargs)
-
     fresh = LlamaForCausalLM(config).eval()
     fresh.load_state_dict(model.state_dict())
-    gptq_handler.gptq_quantize = spy
-    try:
+    with recorded_hessians() as seen:
         sequential.quantize_sequential(fresh, get_scheme("w4a16", 32), Recipe(algorithm="gptq", true_sequential=False), calib,
                                        torch.float32, batch_size=2)
-    finally:
-        gptq_handler.gptq_quantize = real
     assert set(seen) == {"q_proj", "o_proj", "gate_proj", "down_proj"}   # q/k/v and gate/up stacked
     for owner, h in seen.items():
         x = torch.cat([t.reshape(-1, t.shape[-1]) for t in reference[owner]]).double()
